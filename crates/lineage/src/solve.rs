@@ -1,0 +1,733 @@
+//! The default method: typed edges inside each family, then a minimum arborescence for the rest.
+//!
+//! Inside one family (and one architecture group) the order is:
+//! 1. **duplicates**: equal bytes, or equal up to rounding to the coarser float type. Each duplicate set keeps
+//!    one representative, the original: the one whose values use the most mantissa bits (an f32 original
+//!    beats its bf16 rounding; a bf16 original and its exact f32 upcast tie, and the narrower stored type
+//!    wins), then the earliest upload, then the one not declaring another member, then the smallest id. The
+//!    others become its `duplicate` children and leave the solve.
+//! 2. **quantized** children hang from their closest non-quantised relative and leave the solve.
+//! 3. **merges**: a least-squares fit `S(v) ≈ a·S(p₁) + b·S(p₂)` (linear merges) or with a third regressor,
+//!    the base of a task-arithmetic merge, with one coefficient set for the whole model, from the Gram
+//!    matrices. Accepted when it explains `v` far better than any single relative does; the base of a
+//!    three-regressor fit becomes a direction hint (it precedes both parents).
+//! 4. **arborescence** over the remaining models: cost = mean relative sketch distance (discounted for a
+//!    low-rank difference) plus direction penalties, a virtual root, Chu-Liu/Edmonds. Each edge is then typed
+//!    `lora` (low-rank sketched difference) or `finetune`.
+
+use std::collections::HashMap;
+
+use signature::ValueSource;
+
+use crate::edmonds::min_arborescence;
+use crate::numeric::{cast_equal, effective_rank, mantissa_bits, numerical_rank, singular_values};
+use crate::prepare::{Group, Kind, Prepared};
+use crate::union_find::UnionFind;
+use crate::{Edge, EdgeSource, Options, Relation};
+
+/// Above this many models a family's arborescence only gets each model's nearest related candidates.
+const DENSE_LIMIT: usize = 300;
+/// Candidate parents per model in large families.
+const NEAREST: usize = 24;
+/// Merge parents are searched among this many nearest relatives of the child.
+const MERGE_CANDIDATES: usize = 12;
+/// Merge recipes weight a parent by at most 1 (task arithmetic's λ ≤ 1, convex linear weights); a fit that
+/// needs more is some other affine relation among relatives.
+const MERGE_MAX_COEFFICIENT: f64 = 1.25;
+/// Three-regressor (task-arithmetic) fits try every triple of this many nearest relatives.
+const MERGE_TRIPLE_CANDIDATES: usize = 8;
+/// Relative kurtosis rise at which the kurtosis penalty reaches 76 % (tanh 1) of its weight.
+const KURTOSIS_SOFTNESS: f64 = 0.1;
+/// Slots (spread over depth) whose sketched difference is ranked for the LoRA test.
+const RANK_SLOTS: usize = 16;
+/// Rounds of cycle repair after merges (each removes one edge, so this bounds the work, not correctness).
+const MERGE_REPAIRS: usize = 64;
+
+pub(crate) fn solve(p: &Prepared<'_>, options: &Options) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    for (i, fixed) in p.fixed.iter().enumerate() {
+        let Some(f) = fixed else { continue };
+        let relation = match p.kinds[i] {
+            Kind::Adapter => Relation::Adapter,
+            _ if p.quantized[i] && !p.quantized[f.parent] => Relation::Quantized,
+            _ => p.models[i].prior.declared_relation.unwrap_or(Relation::Finetune),
+        };
+        edges.push(edge(p, f.parent, i, relation, f.confidence, f.source));
+    }
+    for family in &p.families {
+        let mut by_group: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &m in family {
+            if p.kinds[m] != Kind::Full || p.fixed[m].is_some() {
+                continue;
+            }
+            let Some((g, pos)) = p.place[m] else { continue };
+            match by_group.iter_mut().find(|(gg, _)| *gg == g) {
+                Some((_, positions)) => positions.push(pos),
+                None => by_group.push((g, vec![pos])),
+            }
+        }
+        for (g, positions) in by_group {
+            if positions.len() >= 2 {
+                Subset::new(p, &p.groups[g], positions, options).solve(&mut edges);
+            }
+        }
+    }
+    edges
+}
+
+fn edge(
+    p: &Prepared<'_>,
+    parent: usize,
+    child: usize,
+    relation: Relation,
+    confidence: f64,
+    source: EdgeSource,
+) -> Edge {
+    Edge {
+        parent: p.models[parent].id.to_owned(),
+        child: p.models[child].id.to_owned(),
+        relation,
+        confidence: confidence.clamp(0.0, 1.0),
+        source,
+    }
+}
+
+/// The full models of one family inside one architecture group, indexed locally `0..n`.
+struct Subset<'a, 'm> {
+    p: &'a Prepared<'m>,
+    group: &'a Group<'m>,
+    options: &'a Options,
+    /// Group positions of the local nodes.
+    pos: Vec<usize>,
+    /// Model indices of the local nodes.
+    model: Vec<usize>,
+    dist: Vec<f64>,
+    related: Vec<bool>,
+    /// Mean distance over related pairs: the unit of every direction penalty.
+    scale: f64,
+    low_rank: HashMap<(usize, usize), Option<bool>>,
+    /// `(ancestor, descendant)` pairs implied by task-arithmetic merges (their base precedes both parents).
+    ancestors: Vec<(usize, usize)>,
+}
+
+/// A merge found by least squares.
+#[derive(Clone, Debug)]
+struct Merge {
+    /// The two regressors with the largest coefficients, larger first.
+    parents: [usize; 2],
+    /// Every model in the fit (the parents, plus the base of a task-arithmetic merge).
+    regressors: Vec<usize>,
+    confidence: f64,
+}
+
+impl<'a, 'm> Subset<'a, 'm> {
+    fn new(p: &'a Prepared<'m>, group: &'a Group<'m>, pos: Vec<usize>, options: &'a Options) -> Subset<'a, 'm> {
+        let n = pos.len();
+        let model: Vec<usize> = pos.iter().map(|&q| group.members[q]).collect();
+        let mut dist = vec![0.0; n * n];
+        let mut related = vec![false; n * n];
+        let (mut sum, mut count) = (0.0, 0usize);
+        for a in 0..n {
+            for b in a + 1..n {
+                let d = group.distance(pos[a], pos[b]);
+                let r = group.related(pos[a], pos[b]);
+                dist[a * n + b] = d;
+                dist[b * n + a] = d;
+                related[a * n + b] = r;
+                related[b * n + a] = r;
+                if r {
+                    sum += d;
+                    count += 1;
+                }
+            }
+        }
+        let scale = if count > 0 && sum > 0.0 { sum / count as f64 } else { 1.0 };
+        Subset { p, group, options, pos, model, dist, related, scale, low_rank: HashMap::new(), ancestors: Vec::new() }
+    }
+
+    fn n(&self) -> usize {
+        self.pos.len()
+    }
+
+    fn d(&self, a: usize, b: usize) -> f64 {
+        self.dist[a * self.n() + b]
+    }
+
+    fn is_related(&self, a: usize, b: usize) -> bool {
+        self.related[a * self.n() + b]
+    }
+
+    fn declares(&self, child: usize, parent: usize) -> bool {
+        self.p.declares(self.model[child], self.model[parent])
+    }
+
+    fn created(&self, a: usize) -> Option<i64> {
+        self.p.models[self.model[a]].prior.created_at
+    }
+
+    fn id(&self, a: usize) -> &str {
+        self.p.models[self.model[a]].id
+    }
+
+    fn quantized(&self, a: usize) -> bool {
+        self.p.quantized[self.model[a]]
+    }
+
+    fn source(&self, parent: usize, child: usize) -> EdgeSource {
+        if self.declares(child, parent) { EdgeSource::Both } else { EdgeSource::Weights }
+    }
+
+    fn solve(mut self, edges: &mut Vec<Edge>) {
+        let n = self.n();
+        let mut active = vec![true; n];
+
+        // 1. Duplicates.
+        let duplicates = self.duplicates();
+        for (child, parent, exact) in duplicates {
+            active[child] = false;
+            let confidence = if exact { 1.0 } else { 0.9 };
+            edges.push(edge(
+                self.p,
+                self.model[parent],
+                self.model[child],
+                Relation::Duplicate,
+                confidence,
+                self.source(parent, child),
+            ));
+        }
+
+        // 2. Quantized children of a non-quantised relative.
+        let plain: Vec<usize> = (0..n).filter(|&a| !self.quantized(a)).collect();
+        if !plain.is_empty() {
+            let children: Vec<usize> = (0..n).filter(|&v| active[v] && self.quantized(v)).collect();
+            for v in children {
+                if let Some((parent, confidence)) = self.quantized_parent(v, &plain, &active) {
+                    active[v] = false;
+                    edges.push(edge(
+                        self.p,
+                        self.model[parent],
+                        self.model[v],
+                        Relation::Quantized,
+                        confidence,
+                        self.source(parent, v),
+                    ));
+                }
+            }
+        }
+
+        // 3. Merges among the remaining models.
+        let nodes: Vec<usize> = (0..n).filter(|&a| active[a]).collect();
+        let features = self.direction_features(&nodes);
+        let found: Vec<Option<Merge>> = (0..n).map(|v| if active[v] { self.merge(v, &nodes) } else { None }).collect();
+        let merges = self.resolve_merges(found, &features);
+        for m in merges.iter().flatten() {
+            for &base in m.regressors.iter().filter(|r| !m.parents.contains(r)) {
+                self.ancestors.extend(m.parents.iter().map(|&p| (base, p)));
+            }
+        }
+
+        // 4. Arborescence.
+        let mut candidates = self.candidate_edges(&nodes, &features, &merges);
+        let root = n;
+        let mut repairs = 0;
+        let parents = loop {
+            let tau = root_cost(&candidates, self.scale);
+            let mut all = candidates.clone();
+            all.extend(nodes.iter().map(|&v| (root, v, tau)));
+            // Inactive nodes get a free root edge so the arborescence spans every index.
+            all.extend((0..n).filter(|&v| !active[v]).map(|v| (root, v, 0.0)));
+            let Some(parents) = min_arborescence(n + 1, root, &all) else { return };
+            match merge_cycle(&parents, &merges, root) {
+                Some(bad) if repairs < MERGE_REPAIRS => {
+                    repairs += 1;
+                    candidates.retain(|&(a, b, _)| (a, b) != bad);
+                }
+                _ => break parents,
+            }
+        };
+
+        for &v in &nodes {
+            if let Some(m) = &merges[v] {
+                for parent in m.parents {
+                    let source = self.source(parent, v);
+                    edges.push(edge(self.p, self.model[parent], self.model[v], Relation::Merge, m.confidence, source));
+                }
+                continue;
+            }
+            let Some(parent) = parents[v].filter(|&u| u != root) else { continue };
+            let relation = if self.quantized(v) && !self.quantized(parent) {
+                Relation::Quantized
+            } else if self.low_rank_pair(parent, v) == Some(true) {
+                Relation::Lora
+            } else {
+                Relation::Finetune
+            };
+            let confidence = self.confidence(parent, v, &candidates);
+            edges.push(edge(self.p, self.model[parent], self.model[v], relation, confidence, self.source(parent, v)));
+        }
+    }
+
+    /// `(child, parent, exact)` for every non-representative duplicate.
+    fn duplicates(&self) -> Vec<(usize, usize, bool)> {
+        let n = self.n();
+        let mut uf = UnionFind::new(n);
+        let mut exact_pairs = HashMap::new();
+        for a in 0..n {
+            for b in a + 1..n {
+                // Rounding to bf16 moves a tensor by well under 1 %; anything farther cannot be a cast.
+                if self.d(a, b) > 0.02 {
+                    continue;
+                }
+                if let Some(exact) = self.duplicate_pair(a, b) {
+                    uf.union(a, b);
+                    exact_pairs.insert((a, b), exact);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for set in uf.components().into_iter().filter(|s| s.len() > 1) {
+            // The original carries the most information: the most mantissa bits in use (a bf16 → f32 upcast
+            // uses no more than its source), then the narrower stored type (an exact upcast is the copy), then
+            // the earlier upload, then the one not declaring another member, then the smaller id.
+            let key = |a: usize| {
+                let declares_member = set.iter().any(|&b| b != a && self.declares(a, b));
+                (
+                    std::cmp::Reverse(self.bits_in_use(a)),
+                    self.precision(a),
+                    self.created(a).unwrap_or(i64::MAX),
+                    declares_member,
+                    self.id(a),
+                )
+            };
+            let Some(&rep) = set.iter().min_by(|&&a, &&b| key(a).cmp(&key(b))) else { continue };
+            for &child in set.iter().filter(|&&c| c != rep) {
+                // A declared base inside the set is honoured when it ranks before the child.
+                let parent = set
+                    .iter()
+                    .copied()
+                    .find(|&q| q != child && self.declares(child, q) && key(q) < key(child))
+                    .unwrap_or(rep);
+                let exact = exact_pairs.get(&(parent.min(child), parent.max(child))).copied().unwrap_or(false);
+                out.push((child, parent, exact));
+            }
+        }
+        out
+    }
+
+    /// Mantissa bits of the model's 2-D float tensors (the coarsest one): an f32 original outranks its bf16 cast.
+    fn precision(&self, a: usize) -> u32 {
+        self.p.models[self.model[a]]
+            .signature
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2)
+            .filter_map(|t| mantissa_bits(t.dtype))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The widest mantissa actually used by the samples of the 2-D float tensors (f32 view).
+    fn bits_in_use(&self, a: usize) -> u32 {
+        self.p.models[self.model[a]]
+            .signature
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2 && t.dtype.is_float())
+            .flat_map(|t| t.samples.iter())
+            .map(|x| {
+                let mantissa = x.to_bits() & 0x007f_ffff;
+                if mantissa == 0 { 0 } else { 23 - mantissa.trailing_zeros() }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `Some(exact)` when `a` and `b` hold the same tensors, byte-equal (`exact`) or equal up to a cast.
+    fn duplicate_pair(&self, a: usize, b: usize) -> Option<bool> {
+        let ta = &self.p.models[self.model[a]].signature.tensors;
+        let tb = &self.p.models[self.model[b]].signature.tensors;
+        if ta.len() != tb.len() {
+            return None;
+        }
+        let mut exact = true;
+        let mut coarsest = u32::MAX;
+        for (x, y) in ta.iter().zip(tb) {
+            if x.name != y.name || x.shape != y.shape {
+                return None;
+            }
+            if x.content_hash == y.content_hash && x.dtype == y.dtype {
+                continue;
+            }
+            exact = false;
+            let (bx, by) = (mantissa_bits(x.dtype)?, mantissa_bits(y.dtype)?);
+            if bx == by || x.source == ValueSource::Dequantized || y.source == ValueSource::Dequantized {
+                // Same float type with different bytes is a different model, not a cast.
+                return None;
+            }
+            let coarser = if bx < by { x.dtype } else { y.dtype };
+            coarsest = coarsest.min(bx.min(by));
+            if !cast_equal(&x.samples, &y.samples, coarser) {
+                return None;
+            }
+        }
+        if !exact {
+            // The samples agree; the sketch distance confirms it for the values between samples.
+            let limit = self.options.duplicate_distance.max(2.0 * (-(coarsest as f64)).exp2());
+            if self.d(a, b) > limit {
+                return None;
+            }
+        }
+        Some(exact)
+    }
+
+    /// The closest non-quantised relative; within 5 % of the closest, a declared base wins the tie (a bf16 copy
+    /// and its f32 original are equally close to their int8 child).
+    fn quantized_parent(&self, v: usize, plain: &[usize], active: &[bool]) -> Option<(usize, f64)> {
+        let mut ranked: Vec<usize> = plain.iter().copied().filter(|&u| u != v && self.is_related(u, v)).collect();
+        ranked.sort_by(|&x, &y| self.d(x, v).total_cmp(&self.d(y, v)));
+        let best = *ranked.first()?;
+        let near: Vec<usize> = ranked.iter().copied().filter(|&u| self.d(u, v) <= 1.05 * self.d(best, v)).collect();
+        let parent = near
+            .iter()
+            .copied()
+            .find(|&u| self.declares(v, u))
+            .or_else(|| near.iter().copied().find(|&u| active[u]))
+            .unwrap_or(best);
+        // Margin to the closest candidate that is not a near-tie.
+        let confidence = ranked
+            .iter()
+            .find(|&&u| self.d(u, v) > 1.05 * self.d(best, v))
+            .map_or(1.0, |&u| 1.0 - self.d(best, v) / self.d(u, v).max(f64::MIN_POSITIVE));
+        Some((parent, confidence))
+    }
+
+    /// The best least-squares explanation of `v` by two relatives (a linear merge), or by three (task
+    /// arithmetic: `base + λ₁(P₁ − base) + λ₂(P₂ − base)` is linear in `P₁, P₂, base`), if it beats every single
+    /// relative clearly. The parents are the two regressors with the largest coefficients (the base's
+    /// coefficient `1 − λ₁ − λ₂` is the smallest in every recipe we know).
+    fn merge(&self, v: usize, nodes: &[usize]) -> Option<Merge> {
+        let mut near: Vec<usize> = nodes.iter().copied().filter(|&u| u != v && self.is_related(u, v)).collect();
+        if near.len() < 2 || self.group.slots.is_empty() {
+            return None;
+        }
+        near.sort_by(|&x, &y| self.d(x, v).total_cmp(&self.d(y, v)));
+        near.truncate(MERGE_CANDIDATES);
+        let single = near.iter().map(|&u| self.fit(v, &[u]).0).fold(f64::INFINITY, f64::min);
+
+        let mut best: Option<(f64, Vec<usize>, Vec<f64>)> = None;
+        for (i, &p1) in near.iter().enumerate() {
+            for &p2 in &near[i + 1..] {
+                let (resid, coef) = self.fit(v, &[p1, p2]);
+                if best.as_ref().is_none_or(|b| resid < b.0) {
+                    best = Some((resid, vec![p1, p2], coef));
+                }
+            }
+        }
+        let (mut resid, mut regressors, mut coef) = best?;
+        let few = &near[..near.len().min(MERGE_TRIPLE_CANDIDATES)];
+        for (i, &p1) in few.iter().enumerate() {
+            for (j, &p2) in few.iter().enumerate().skip(i + 1) {
+                for &p3 in &few[j + 1..] {
+                    let (r3, c3) = self.fit(v, &[p1, p2, p3]);
+                    // A third regressor must earn its place: half the two-parent residual at least.
+                    if r3 < 0.5 * resid {
+                        (resid, regressors, coef) = (r3, vec![p1, p2, p3], c3);
+                    }
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..regressors.len()).collect();
+        order.sort_by(|&x, &y| coef[y].total_cmp(&coef[x]));
+        let (first, second) = (order[0], order[1]);
+        let parents = [regressors[first], regressors[second]];
+
+        let ratio = resid / single.max(f64::MIN_POSITIVE);
+        let declared = parents.iter().all(|&u| self.declares(v, u));
+        // A declared merge may fit less tightly (nonlinear merge methods), but must still beat single parents.
+        let limit = if declared {
+            (2.0 * self.options.merge_residual_ratio).min(0.6)
+        } else {
+            self.options.merge_residual_ratio
+        };
+        let min = self.options.merge_min_coefficient;
+        if ratio < limit && coef[second] > min && coef[first] <= MERGE_MAX_COEFFICIENT {
+            Some(Merge { parents, regressors, confidence: 1.0 - ratio / limit })
+        } else {
+            None
+        }
+    }
+
+    /// Keeps a consistent set of merges. Four models in an exact affine relation (a task-arithmetic merge, its
+    /// two parents and their base) let more than one of them pass as "the merge of the others"; the real merge
+    /// is the one that sits below all its regressors, so candidates are taken in order of their summed
+    /// direction penalty (then fit quality), and a candidate that is a regressor of an accepted merge, or has
+    /// an accepted merge among its own regressors, is dropped.
+    fn resolve_merges(&self, found: Vec<Option<Merge>>, f: &[Features]) -> Vec<Option<Merge>> {
+        let mut order: Vec<(f64, f64, usize)> = found
+            .iter()
+            .enumerate()
+            .filter_map(|(v, m)| {
+                let m = m.as_ref()?;
+                let penalty: f64 = m.regressors.iter().map(|&r| self.direction_penalty(r, v, f)).sum();
+                Some((penalty, -m.confidence, v))
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut kept: Vec<Option<Merge>> = vec![None; found.len()];
+        for (_, _, v) in order {
+            let Some(m) = found[v].clone() else { continue };
+            let clashes = kept
+                .iter()
+                .enumerate()
+                .any(|(w, k)| k.as_ref().is_some_and(|k| k.regressors.contains(&v) || m.regressors.contains(&w)));
+            if !clashes {
+                kept[v] = Some(m);
+            }
+        }
+        kept
+    }
+
+    /// Least-squares fit `S(v) ≈ Σ c_r·S(r)` with one coefficient per regressor for the whole model (merge
+    /// recipes use one weight for every tensor), each slot weighted by `1/‖S_v,t‖²` so every layer counts the
+    /// same. Built from summed Gram entries. Returns the relative residual (root mean square over slots) and
+    /// the coefficients; a singular system explains nothing (residual 1).
+    fn fit(&self, v: usize, regressors: &[usize]) -> (f64, Vec<f64>) {
+        let g = self.group;
+        let m = regressors.len();
+        let pv = self.pos[v];
+        let mut a = [[0.0f64; 4]; 3];
+        let mut gvv_sum = 0.0;
+        let mut slots = 0usize;
+        for t in 0..g.slots.len() {
+            let gvv = g.g(t, pv, pv);
+            if gvv <= 0.0 {
+                continue;
+            }
+            slots += 1;
+            gvv_sum += 1.0;
+            for (r, &x) in regressors.iter().enumerate() {
+                for (c, &y) in regressors.iter().enumerate() {
+                    a[r][c] += g.g(t, self.pos[x], self.pos[y]) / gvv;
+                }
+                a[r][3] += g.g(t, self.pos[x], pv) / gvv;
+            }
+        }
+        let rhs: Vec<f64> = (0..m).map(|r| a[r][3]).collect();
+        // The normal equations keep `m` in the last used column for solve_small.
+        for row in a.iter_mut().take(m) {
+            row[m] = row[3];
+        }
+        match solve_small(&mut a, m) {
+            Some(x) if slots > 0 => {
+                let explained: f64 = (0..m).map(|r| x[r] * rhs[r]).sum();
+                (((gvv_sum - explained).max(0.0) / gvv_sum).sqrt(), x[..m].to_vec())
+            }
+            _ => (1.0, vec![0.0; m]),
+        }
+    }
+
+    /// Whether the sketched difference of `a` and `b` is low-rank (`None` when no tensor changed).
+    fn low_rank_pair(&mut self, a: usize, b: usize) -> Option<bool> {
+        let key = (a.min(b), a.max(b));
+        if let Some(&known) = self.low_rank.get(&key) {
+            return known;
+        }
+        let result = self.compute_low_rank(a, b);
+        self.low_rank.insert(key, result);
+        result
+    }
+
+    fn compute_low_rank(&self, a: usize, b: usize) -> Option<bool> {
+        let g = self.group;
+        let (x, y) = (self.pos[a], self.pos[b]);
+        let slots = g.slots.len();
+        let k = g.k;
+        let step = slots.div_ceil(RANK_SLOTS).max(1);
+        let rounding = 2.0 * (-(self.precision(a).min(self.precision(b)) as f64)).exp2();
+        let mut ranks = Vec::new();
+        for t in (0..slots).step_by(step) {
+            if g.tensors[x][t].content_hash == g.tensors[y][t].content_hash
+                || g.relative_distance(t, x, y) <= rounding.max(self.options.duplicate_distance)
+            {
+                // Untouched (LoRA leaves most modules alone) or moved only by a cast.
+                continue;
+            }
+            let (sa, sb) = (g.sketch(x, t), g.sketch(y, t));
+            if sa.len() != k * k || sb.len() != k * k {
+                continue;
+            }
+            let diff: Vec<f64> = sa.iter().zip(sb).map(|(p, q)| f64::from(*p) - f64::from(*q)).collect();
+            ranks.push(numerical_rank(&singular_values(&diff, k), self.options.lora_relative_sv));
+        }
+        if ranks.is_empty() {
+            return None;
+        }
+        ranks.sort_unstable();
+        let median = ranks[ranks.len() / 2] as f64;
+        Some(median <= self.options.lora_max_rank_share * k as f64)
+    }
+
+    fn direction_features(&self, nodes: &[usize]) -> Vec<Features> {
+        let g = self.group;
+        let mut out = vec![Features::default(); self.n()];
+        for &a in nodes {
+            let x = self.pos[a];
+            let kurtosis = g.tensors[x].iter().filter_map(|t| t.moments.map(|m| m.excess_kurtosis())).sum();
+            let effective = if self.options.effective_rank_weight != 0.0 && !g.slots.is_empty() {
+                let k = g.k;
+                let ranks: Vec<f64> = (0..g.slots.len())
+                    .filter(|&t| g.sketch(x, t).len() == k * k)
+                    .map(|t| {
+                        let values: Vec<f64> = g.sketch(x, t).iter().map(|&v| f64::from(v)).collect();
+                        effective_rank(&singular_values(&values, k))
+                    })
+                    .collect();
+                if ranks.is_empty() { 0.0 } else { ranks.iter().sum::<f64>() / ranks.len() as f64 }
+            } else {
+                0.0
+            };
+            out[a] = Features { kurtosis, effective_rank: effective };
+        }
+        out
+    }
+
+    /// Cost of `u → v` from the priors alone, in units of the family's mean distance.
+    fn direction_penalty(&self, u: usize, v: usize, f: &[Features]) -> f64 {
+        let o = self.options;
+        let mut penalty = 0.0;
+        // Graded: a child barely above its parent is weak evidence against the edge, a large rise strong.
+        let level = ((f[u].kurtosis.abs() + f[v].kurtosis.abs()) / 2.0).max(f64::MIN_POSITIVE);
+        let rise = (f[v].kurtosis - f[u].kurtosis) / level;
+        penalty += o.kurtosis_weight * (rise / KURTOSIS_SOFTNESS).tanh().max(0.0);
+        if self.ancestors.contains(&(v, u)) {
+            // The base of a task-arithmetic merge is an ancestor of both merged models.
+            penalty += 1.0;
+        }
+        if f[v].effective_rank < f[u].effective_rank {
+            penalty += o.effective_rank_weight;
+        }
+        if let (Some(tu), Some(tv)) = (self.created(u), self.created(v))
+            && tu > tv
+        {
+            penalty += o.created_at_weight;
+        }
+        // Only a bonus: a parent's card naming its own child is a dirty-card cycle, and penalising the true
+        // edge for it would let one bad card move a model under a sibling.
+        if self.declares(v, u) {
+            penalty -= o.declared_base_weight;
+        }
+        if self.quantized(u) && !self.quantized(v) {
+            // Fine-tuning a dequantised checkpoint happens, but far more rarely than the reverse.
+            penalty += 1.0;
+        }
+        penalty * self.scale
+    }
+
+    fn candidate_edges(
+        &mut self,
+        nodes: &[usize],
+        f: &[Features],
+        merges: &[Option<Merge>],
+    ) -> Vec<(usize, usize, f64)> {
+        let mut out = Vec::new();
+        for &v in nodes {
+            if let Some(m) = &merges[v] {
+                // A merge child hangs from its main parent; the second parent must not end up below it.
+                out.push((m.parents[0], v, 0.0));
+                continue;
+            }
+            let mut parents: Vec<usize> = nodes.iter().copied().filter(|&u| u != v && self.is_related(u, v)).collect();
+            parents.sort_by(|&x, &y| self.d(x, v).total_cmp(&self.d(y, v)));
+            if nodes.len() > DENSE_LIMIT {
+                let declared: Vec<usize> =
+                    parents[NEAREST.min(parents.len())..].iter().copied().filter(|&u| self.declares(v, u)).collect();
+                parents.truncate(NEAREST);
+                parents.extend(declared);
+            }
+            for (rank, &u) in parents.iter().enumerate() {
+                if merges[u].as_ref().is_some_and(|m| m.parents.contains(&v)) {
+                    continue;
+                }
+                // The rank test costs SVDs: run it on the nearest few and on declared parents.
+                let low_rank =
+                    if rank < 3 || self.declares(v, u) { self.low_rank_pair(u, v) == Some(true) } else { false };
+                let distance = self.d(u, v) * if low_rank { self.options.lora_cost_factor } else { 1.0 };
+                out.push((u, v, distance + self.direction_penalty(u, v, f)));
+            }
+        }
+        out
+    }
+
+    /// Margin of the chosen parent over the next-best one (virtual root included) and over the reverse edge,
+    /// each in units of the family's mean distance and capped at 1; the confidence is their mean.
+    fn confidence(&self, parent: usize, child: usize, candidates: &[(usize, usize, f64)]) -> f64 {
+        let cost = |a: usize, b: usize| candidates.iter().find(|&&(x, y, _)| x == a && y == b).map(|e| e.2);
+        let Some(chosen) = cost(parent, child) else { return 0.0 };
+        let tau = root_cost(candidates, self.scale);
+        let next = candidates.iter().filter(|&&(a, b, _)| b == child && a != parent).map(|e| e.2).fold(tau, f64::min);
+        let reverse = cost(child, parent).unwrap_or(tau);
+        let margin = ((next - chosen) / self.scale).clamp(0.0, 1.0);
+        let direction = ((reverse - chosen) / self.scale).clamp(0.0, 1.0);
+        (margin + direction) / 2.0
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Features {
+    kurtosis: f64,
+    effective_rank: f64,
+}
+
+/// τ for the virtual root: above every candidate edge, so a model without any related candidate is a root and
+/// every other model takes a parent (a related model shares an origin with it).
+fn root_cost(candidates: &[(usize, usize, f64)], scale: f64) -> f64 {
+    candidates.iter().map(|e| e.2).fold(0.0, f64::max) + scale
+}
+
+/// The first edge on a path from a merge child down to one of its own parents, if the arborescence made one.
+fn merge_cycle(parents: &[Option<usize>], merges: &[Option<Merge>], root: usize) -> Option<(usize, usize)> {
+    for (v, merge) in merges.iter().enumerate() {
+        let Some(m) = merge else { continue };
+        for &target in &m.parents {
+            // Walk up from the merge parent; if the walk meets v, the edge leaving v on that path is the culprit.
+            let mut node = target;
+            for _ in 0..parents.len() {
+                match parents[node] {
+                    Some(up) if up == v => return Some((v, node)),
+                    Some(up) if up != root => node = up,
+                    _ => break,
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Solves the `m × m` system held in the augmented rows `a[r] = [A_r0 … A_r(m−1), b_r]` (m ≤ 3) by Gaussian
+/// elimination with partial pivoting; `None` when it is singular relative to its scale.
+fn solve_small(a: &mut [[f64; 4]; 3], m: usize) -> Option<[f64; 3]> {
+    let scale = (0..m).map(|r| a[r][r].abs()).fold(0.0, f64::max);
+    if scale <= 0.0 {
+        return None;
+    }
+    for col in 0..m {
+        let pivot = (col..m).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        a.swap(col, pivot);
+        if a[col][col].abs() <= 1e-13 * scale {
+            return None;
+        }
+        let pivot_row = a[col];
+        for row in a.iter_mut().take(m).skip(col + 1) {
+            let factor = row[col] / pivot_row[col];
+            for (x, p) in row.iter_mut().zip(pivot_row).take(m + 1).skip(col) {
+                *x -= factor * p;
+            }
+        }
+    }
+    let mut x = [0.0; 3];
+    for row in (0..m).rev() {
+        let tail: f64 = (row + 1..m).map(|c| a[row][c] * x[c]).sum();
+        x[row] = (a[row][m] - tail) / a[row][row];
+    }
+    Some(x)
+}

@@ -1,0 +1,829 @@
+//! Signing models on local disk: one or several safetensors files, a sharded checkpoint with its index, or a
+//! PEFT adapter directory.
+//!
+//! Work happens in two phases. Planning opens and maps every file, parses every header strictly, rejects
+//! duplicate tensor names across shards, checks a shard index against what the shards really hold, and pairs
+//! tensors that are signed together (quantised weights with their scales, LoRA factors). Only then does the
+//! parallel pass run: one rayon task per signed tensor, largest first, each feeding a [`TensorAccumulator`]
+//! from windows of at most [`WINDOW_BYTES`] that are unmapped as soon as they are consumed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::accumulate::{Scales, SchemeError, TensorAccumulator, TensorError, validate_scheme};
+use crate::adapter::{LoraConfig, TensorBytes, lora_delta_signature};
+use crate::decode::decode_f32;
+use crate::header::{HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
+use crate::index::{IndexError, MAX_INDEX_LEN, ShardIndex, parse_index};
+use crate::layout::RowLayout;
+use crate::mmap::MappedFile;
+use crate::model::{Dtype, ModelSignature, Scheme, TensorSignature};
+
+/// Most bytes of tensor data mapped at once per task. Large enough that mapping costs vanish next to the work,
+/// small enough that `threads × window` is a modest resident set.
+pub const WINDOW_BYTES: u64 = 8 << 20;
+
+/// Largest `adapter_config.json` read (real ones are under 2 KiB).
+pub const MAX_ADAPTER_CONFIG_LEN: u64 = 1 << 20;
+
+/// The prefix PEFT puts before module names in adapter files; removed from canonical names.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// How to sign.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SignOptions {
+    /// How LoRA updates are scaled; `None` scales `B·A` by 1. [`sign_model_dir`] reads it from
+    /// `adapter_config.json` when this is `None`.
+    pub lora: Option<LoraConfig>,
+    /// Sign I8/F8 weights with a `…weight_scale` sibling from their dequantised values.
+    pub dequantize: bool,
+}
+
+impl Default for SignOptions {
+    fn default() -> SignOptions {
+        SignOptions { lora: None, dequantize: true }
+    }
+}
+
+/// A file a signature was computed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileUsed {
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+/// Which layout [`sign_model_dir`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layout {
+    /// `*.safetensors` files without an index (usually one `model.safetensors`).
+    Files,
+    /// Shards named by the index file at `index`.
+    Sharded { index: PathBuf, total_size: Option<u64> },
+    /// A PEFT adapter (`adapter_model.safetensors`), with the scaling used.
+    Adapter { lora: Option<LoraConfig> },
+}
+
+/// A signed model directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDir {
+    pub signature: ModelSignature,
+    /// Every file read, with its length, sorted by path.
+    pub files: Vec<FileUsed>,
+    pub layout: Layout,
+}
+
+/// What went wrong in one file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot open: {0}")]
+    Open(#[source] io::Error),
+    #[error("cannot map: {0}")]
+    Map(#[source] io::Error),
+    #[error("bad safetensors header: {0}")]
+    Header(#[from] HeaderError),
+    #[error("tensor {name:?}: {source}")]
+    Tensor { name: String, source: TensorError },
+}
+
+/// What went wrong reading `adapter_config.json`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AdapterConfigError {
+    #[error("file of {len} bytes exceeds the cap of {cap}")]
+    TooLarge { len: u64, cap: u64 },
+    #[error("not valid json: {message}")]
+    Json { message: String },
+    #[error("not a json object")]
+    NotAnObject,
+    #[error("lora_alpha is not a positive finite number")]
+    Alpha,
+    #[error("use_rslora is not a boolean")]
+    Rslora,
+}
+
+/// Why a model could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Scheme(#[from] SchemeError),
+    #[error("no files to sign")]
+    NoFiles,
+    #[error("{}: {source}", path.display())]
+    WithFile { path: PathBuf, source: FileError },
+    #[error("tensor {name:?} appears in both {} and {}", first.display(), second.display())]
+    DuplicateTensor { name: String, first: PathBuf, second: PathBuf },
+    #[error("cannot list {}: {source}", dir.display())]
+    ListDir { dir: PathBuf, source: io::Error },
+    #[error("no safetensors files in {}", dir.display())]
+    NoSafetensors { dir: PathBuf },
+    #[error("{} holds several shard indexes: {found:?}", dir.display())]
+    AmbiguousIndex { dir: PathBuf, found: Vec<String> },
+    #[error("{} holds an adapter and full weights ({other})", dir.display())]
+    AdapterBesideWeights { dir: PathBuf, other: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: {source}", path.display())]
+    Index { path: PathBuf, source: IndexError },
+    #[error("{}: {source}", path.display())]
+    AdapterConfig { path: PathBuf, source: AdapterConfigError },
+    #[error("index names shard {file:?}, which is not in the directory")]
+    MissingShard { file: String },
+    #[error("index maps {tensor:?} to {indexed:?} but it is in {found:?}")]
+    IndexWrongShard { tensor: String, indexed: String, found: String },
+    #[error("index maps {tensor:?} to {indexed:?} but no shard holds it")]
+    IndexedTensorMissing { tensor: String, indexed: String },
+    #[error("tensor {tensor:?} of {file:?} is not in the index")]
+    TensorNotIndexed { tensor: String, file: String },
+}
+
+/// One opened and parsed file.
+struct Opened {
+    path: PathBuf,
+    map: MappedFile,
+    data_start: u64,
+    tensors: Vec<TensorInfo>,
+}
+
+/// A stored tensor: which file, and its header entry.
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    file: &'a Opened,
+    info: &'a TensorInfo,
+}
+
+/// One unit of the parallel pass.
+enum Job<'a> {
+    Plain { name: String, t: Stored<'a> },
+    Dequant { name: String, t: Stored<'a>, scale: Stored<'a> },
+    Lora { name: String, a: Stored<'a>, b: Stored<'a> },
+}
+
+impl Job<'_> {
+    fn cost(&self) -> u64 {
+        match self {
+            Job::Plain { t, .. } | Job::Dequant { t, .. } => t.info.byte_len(),
+            // Forming B·A costs `out × r × in` multiply-adds: weigh it like reading that many bytes.
+            Job::Lora { a, b, .. } => b.info.shape.first().copied().unwrap_or(0).saturating_mul(a.info.numel()),
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<Opened, SignError> {
+    let with = |source| SignError::WithFile { path: path.to_owned(), source };
+    let map = MappedFile::open(path).map_err(|e| with(FileError::Open(e)))?;
+    let head_len = map.len().min(8 + MAX_HEADER_LEN);
+    let head = map.window(0, head_len, false).map_err(|e| with(FileError::Map(e)))?;
+    let header = parse_header(&head, Some(map.len())).map_err(|e| with(e.into()))?;
+    drop(head);
+    Ok(Opened { path: path.to_owned(), map, data_start: header.data_start, tensors: header.tensors })
+}
+
+/// Opens and parses every file, rejecting tensor names found in two files.
+fn open_all(paths: &[PathBuf]) -> Result<Vec<Opened>, SignError> {
+    if paths.is_empty() {
+        return Err(SignError::NoFiles);
+    }
+    let files = paths.iter().map(|p| open(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for f in &files {
+        for t in &f.tensors {
+            if let Some(first) = seen.insert(&t.name, &f.path) {
+                return Err(SignError::DuplicateTensor {
+                    name: t.name.clone(),
+                    first: first.to_owned(),
+                    second: f.path.clone(),
+                });
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn canonical(name: &str) -> &str {
+    name.strip_prefix(PEFT_PREFIX).unwrap_or(name)
+}
+
+/// How a quantised weight's scales apply, if the scale tensor has a shape we understand.
+fn scale_kind(weight: &TensorInfo, scale: &TensorInfo) -> Option<bool> {
+    if !matches!(scale.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+        return None;
+    }
+    let rows = RowLayout::of(&weight.shape)?.rows;
+    match scale.shape.as_slice() {
+        [] | [1] => Some(false),
+        [n] | [n, 1] if weight.shape.len() >= 2 && *n == rows => Some(true),
+        _ => None,
+    }
+}
+
+/// Decides what is signed: every stored tensor (canonically named), plus dequantised weights and LoRA deltas.
+fn plan<'a>(files: &'a [Opened], opts: &SignOptions) -> Result<Vec<Job<'a>>, SignError> {
+    let mut by_name: BTreeMap<&str, Stored<'a>> = BTreeMap::new();
+    for file in files {
+        for info in &file.tensors {
+            let stored = Stored { file, info };
+            if let Some(first) = by_name.insert(canonical(&info.name), stored) {
+                return Err(SignError::DuplicateTensor {
+                    name: canonical(&info.name).to_owned(),
+                    first: first.file.path.clone(),
+                    second: file.path.clone(),
+                });
+            }
+        }
+    }
+    let mut jobs = Vec::with_capacity(by_name.len());
+    for (&name, &t) in &by_name {
+        let scale = opts
+            .dequantize
+            .then(|| by_name.get(format!("{name}_scale").as_str()))
+            .flatten()
+            .filter(|_| name.ends_with(".weight") && matches!(t.info.dtype, Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2))
+            // An asymmetric scheme (zero points) needs more than `q × scale`: sign such weights as stored.
+            .filter(|_| !by_name.contains_key(format!("{name}_zero_point").as_str()))
+            .filter(|s| scale_kind(t.info, s.info).is_some());
+        match scale {
+            Some(&scale) => jobs.push(Job::Dequant { name: name.to_owned(), t, scale }),
+            None => jobs.push(Job::Plain { name: name.to_owned(), t }),
+        }
+        if let Some(module) = name.strip_suffix(".lora_A.weight")
+            && let Some(&b) = by_name.get(format!("{module}.lora_B.weight").as_str())
+        {
+            let delta = format!("{module}.weight");
+            if let Some(existing) = by_name.get(delta.as_str()) {
+                return Err(SignError::DuplicateTensor {
+                    name: delta,
+                    first: existing.file.path.clone(),
+                    second: t.file.path.clone(),
+                });
+            }
+            jobs.push(Job::Lora { name: delta, a: t, b });
+        }
+    }
+    Ok(jobs)
+}
+
+fn tensor_error(t: Stored<'_>, source: TensorError) -> SignError {
+    SignError::WithFile { path: t.file.path.clone(), source: FileError::Tensor { name: t.info.name.clone(), source } }
+}
+
+fn map_error(t: Stored<'_>, e: io::Error) -> SignError {
+    SignError::WithFile { path: t.file.path.clone(), source: FileError::Map(e) }
+}
+
+/// Feeds the selected rows of `t` to `acc`, one window at a time.
+fn feed(acc: &mut TensorAccumulator, t: Stored<'_>) -> Result<(), SignError> {
+    let row_bytes = acc.row_bytes();
+    if row_bytes == 0 {
+        return Ok(());
+    }
+    let rows_per_window = (WINDOW_BYTES / row_bytes).max(1);
+    let base = t.file.data_start + t.info.begin;
+    for block in acc.selected_rows().to_vec() {
+        let mut row = block.start;
+        while row < block.end {
+            let rows = rows_per_window.min(block.end - row);
+            let window =
+                t.file.map.window(base + row * row_bytes, rows * row_bytes, true).map_err(|e| map_error(t, e))?;
+            acc.feed_rows(row, &window).map_err(|e| tensor_error(t, e))?;
+            row += rows;
+        }
+    }
+    Ok(())
+}
+
+/// All the bytes of a (small) tensor, decoded to `f32`.
+fn read_f32(t: Stored<'_>) -> Result<Vec<f32>, SignError> {
+    let window =
+        t.file.map.window(t.file.data_start + t.info.begin, t.info.byte_len(), false).map_err(|e| map_error(t, e))?;
+    let mut out = vec![0f32; window.len() / t.info.dtype.size() as usize];
+    decode_f32(t.info.dtype, &window, &mut out).map_err(|e| tensor_error(t, e.into()))?;
+    Ok(out)
+}
+
+fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSignature, SignError> {
+    match job {
+        Job::Plain { name, t } => {
+            let mut acc =
+                TensorAccumulator::new(scheme, name, t.info.dtype, &t.info.shape).map_err(|e| tensor_error(*t, e))?;
+            feed(&mut acc, *t)?;
+            acc.finish().map_err(|e| tensor_error(*t, e))
+        }
+        Job::Dequant { name, t, scale } => {
+            let values = read_f32(*scale)?;
+            let scales = match scale_kind(t.info, scale.info) {
+                Some(true) => Scales::PerRow(values),
+                _ => Scales::PerTensor(values.first().copied().unwrap_or(f32::NAN)),
+            };
+            let mut acc = TensorAccumulator::dequantized(scheme, name, t.info.dtype, &t.info.shape, scales)
+                .map_err(|e| tensor_error(*t, e))?;
+            feed(&mut acc, *t)?;
+            acc.finish().map_err(|e| tensor_error(*t, e))
+        }
+        Job::Lora { name, a, b } => {
+            let whole = |s: Stored<'_>| {
+                s.file
+                    .map
+                    .window(s.file.data_start + s.info.begin, s.info.byte_len(), true)
+                    .map_err(|e| map_error(s, e))
+            };
+            let (wa, wb) = (whole(*a)?, whole(*b)?);
+            let r = a.info.shape.first().copied().unwrap_or(1);
+            let scaling = opts.lora.map_or(1.0, |l| l.scaling(r));
+            let fa = TensorBytes { dtype: a.info.dtype, shape: &a.info.shape, bytes: &wa };
+            let fb = TensorBytes { dtype: b.info.dtype, shape: &b.info.shape, bytes: &wb };
+            lora_delta_signature(scheme, name, fa, fb, scaling).map_err(|e| tensor_error(*a, e))
+        }
+    }
+}
+
+fn execute(files: &[Opened], scheme: &Scheme, opts: &SignOptions) -> Result<ModelSignature, SignError> {
+    let mut jobs = plan(files, opts)?;
+    // Largest first, so the biggest tensor does not start last and leave the other threads idle.
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.cost()));
+    let mut tensors = jobs.par_iter().map(|j| run(j, scheme, opts)).collect::<Result<Vec<_>, _>>()?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ModelSignature { scheme: *scheme, tensors })
+}
+
+/// Signs one model stored in `paths` (one or several safetensors files), in the current rayon pool.
+///
+/// Tensor names must be unique across the files. Names lose a PEFT `base_model.model.` prefix; LoRA factor pairs
+/// add a `…weight` delta tensor; I8/F8 weights with a `…weight_scale` sibling are dequantised (see
+/// [`SignOptions`]).
+///
+/// # Errors
+/// [`SignError::WithFile`] for a file that cannot be opened, mapped or parsed, or a tensor that cannot be
+/// signed; [`SignError::DuplicateTensor`]; [`SignError::Scheme`]; [`SignError::NoFiles`].
+pub fn sign_files(paths: &[PathBuf], scheme: &Scheme, opts: &SignOptions) -> Result<ModelSignature, SignError> {
+    validate_scheme(scheme)?;
+    let files = open_all(paths)?;
+    execute(&files, scheme, opts)
+}
+
+/// Regular files (following symlinks, as in the Hugging Face cache) directly inside `dir`, by name.
+fn list_files(dir: &Path) -> Result<BTreeSet<String>, SignError> {
+    let list_err = |source| SignError::ListDir { dir: dir.to_owned(), source };
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).map_err(list_err)? {
+        let entry = entry.map_err(list_err)?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
+            names.insert(name);
+        }
+    }
+    Ok(names)
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<Result<Vec<u8>, u64>, SignError> {
+    let read_err = |source| SignError::Read { path: path.to_owned(), source };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > cap {
+        return Ok(Err(len));
+    }
+    std::fs::read(path).map(Ok).map_err(read_err)
+}
+
+/// Reads the LoRA scaling from an (untrusted) `adapter_config.json`. A missing `lora_alpha` takes PEFT's
+/// default of 8; `r` is not needed, each module's rank is read from its factors (which also honours PEFT's
+/// `rank_pattern`). `alpha_pattern` is not applied.
+fn read_adapter_config(path: &Path) -> Result<LoraConfig, SignError> {
+    let err = |source| SignError::AdapterConfig { path: path.to_owned(), source };
+    let bytes = read_capped(path, MAX_ADAPTER_CONFIG_LEN)?
+        .map_err(|len| err(AdapterConfigError::TooLarge { len, cap: MAX_ADAPTER_CONFIG_LEN }))?;
+    // serde_json bounds recursion itself (128 levels) and the file is capped; its Value is fine here.
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| err(AdapterConfigError::Json { message: e.to_string() }))?;
+    let object = value.as_object().ok_or_else(|| err(AdapterConfigError::NotAnObject))?;
+    let alpha = match object.get("lora_alpha") {
+        None | Some(serde_json::Value::Null) => 8.0,
+        Some(v) => v.as_f64().filter(|a| a.is_finite() && *a > 0.0).ok_or_else(|| err(AdapterConfigError::Alpha))?,
+    };
+    let use_rslora = match object.get("use_rslora") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(v) => v.as_bool().ok_or_else(|| err(AdapterConfigError::Rslora))?,
+    };
+    Ok(LoraConfig { alpha, use_rslora })
+}
+
+/// Checks that `index` names exactly the tensors found, each in the shard that holds it.
+fn check_index(index: &ShardIndex, files: &[Opened], names: &[&str]) -> Result<(), SignError> {
+    let mut found: BTreeMap<&str, &str> = BTreeMap::new();
+    for (file, &shard) in files.iter().zip(names) {
+        for t in &file.tensors {
+            found.insert(&t.name, shard);
+        }
+    }
+    for (tensor, indexed) in &index.weight_map {
+        match found.get(tensor.as_str()) {
+            Some(&shard) if shard == indexed => {}
+            Some(&shard) => {
+                return Err(SignError::IndexWrongShard {
+                    tensor: tensor.clone(),
+                    indexed: indexed.clone(),
+                    found: shard.to_owned(),
+                });
+            }
+            None => return Err(SignError::IndexedTensorMissing { tensor: tensor.clone(), indexed: indexed.clone() }),
+        }
+    }
+    if let Some((tensor, file)) = found.iter().find(|(t, _)| !index.weight_map.contains_key(**t)) {
+        return Err(SignError::TensorNotIndexed { tensor: (*tensor).to_owned(), file: (*file).to_owned() });
+    }
+    Ok(())
+}
+
+/// Signs the model stored in `dir`: a PEFT adapter (`adapter_model.safetensors`, scaled by
+/// `adapter_config.json` unless `opts.lora` is set), else the shards named by a `*.safetensors.index.json`
+/// (which must match them exactly), else every `*.safetensors` file.
+///
+/// # Errors
+/// Everything [`sign_files`] reports, plus directory, index and adapter-config errors of [`SignError`].
+pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result<ModelDir, SignError> {
+    validate_scheme(scheme)?;
+    let names = list_files(dir)?;
+    let safetensors: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors")).collect();
+    let indexes: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors.index.json")).collect();
+    let used = |files: &[Opened]| {
+        let mut used: Vec<FileUsed> =
+            files.iter().map(|f| FileUsed { path: f.path.clone(), len: f.map.len() }).collect();
+        used.sort_by(|a, b| a.path.cmp(&b.path));
+        used
+    };
+
+    if names.contains("adapter_model.safetensors") {
+        if let Some(other) = safetensors.iter().find(|n| n.as_str() != "adapter_model.safetensors") {
+            return Err(SignError::AdapterBesideWeights { dir: dir.to_owned(), other: (*other).clone() });
+        }
+        let lora = match opts.lora {
+            Some(l) => Some(l),
+            None if names.contains("adapter_config.json") => {
+                Some(read_adapter_config(&dir.join("adapter_config.json"))?)
+            }
+            None => None,
+        };
+        let files = open_all(&[dir.join("adapter_model.safetensors")])?;
+        let signature = execute(&files, scheme, &SignOptions { lora, ..*opts })?;
+        return Ok(ModelDir { signature, files: used(&files), layout: Layout::Adapter { lora } });
+    }
+
+    match indexes.as_slice() {
+        [] => {}
+        [index_name] => {
+            let path = dir.join(index_name);
+            let bytes = read_capped(&path, MAX_INDEX_LEN as u64)?.map_err(|len| SignError::Index {
+                path: path.clone(),
+                source: IndexError::TooLarge { len: usize::try_from(len).unwrap_or(usize::MAX), cap: MAX_INDEX_LEN },
+            })?;
+            let index = parse_index(&bytes).map_err(|source| SignError::Index { path: path.clone(), source })?;
+            let shards: Vec<&str> = index.files().into_iter().collect();
+            if let Some(missing) = shards.iter().find(|s| !names.contains(**s)) {
+                return Err(SignError::MissingShard { file: (*missing).to_owned() });
+            }
+            let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+            let files = open_all(&paths)?;
+            check_index(&index, &files, &shards)?;
+            let signature = execute(&files, scheme, opts)?;
+            let layout = Layout::Sharded { index: path, total_size: index.total_size };
+            return Ok(ModelDir { signature, files: used(&files), layout });
+        }
+        _ => {
+            return Err(SignError::AmbiguousIndex {
+                dir: dir.to_owned(),
+                found: indexes.iter().map(|s| (*s).clone()).collect(),
+            });
+        }
+    }
+
+    if safetensors.is_empty() {
+        return Err(SignError::NoSafetensors { dir: dir.to_owned() });
+    }
+    let paths: Vec<PathBuf> = safetensors.iter().map(|s| dir.join(s)).collect();
+    let files = open_all(&paths)?;
+    let signature = execute(&files, scheme, opts)?;
+    Ok(ModelDir { signature, files: used(&files), layout: Layout::Files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::{Tensor, bf16_bytes, cases, f32_bytes, safetensors_file, values};
+    use crate::model::ValueSource;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write test file");
+        path
+    }
+
+    fn tensor<'a>(name: &'a str, shape: &[u64], seed: u64) -> Tensor<'a> {
+        let n = shape.iter().product::<u64>() as usize;
+        Tensor { name, dtype: Dtype::BF16, shape: shape.to_vec(), bytes: bf16_bytes(&values(n, seed, 0.02)) }
+    }
+
+    fn small_model() -> Vec<Tensor<'static>> {
+        vec![
+            tensor("model.embed_tokens.weight", &[50, 16], 1),
+            tensor("model.layers.0.self_attn.q_proj.weight", &[16, 16], 2),
+            tensor("model.layers.0.mlp.down_proj.weight", &[16, 40], 3),
+            tensor("model.norm.weight", &[16], 4),
+        ]
+    }
+
+    fn names(sig: &ModelSignature) -> Vec<&str> {
+        sig.tensors.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn one_file_gives_one_signature_per_tensor() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = small_model();
+        let path = write(dir.path(), "model.safetensors", &safetensors_file(&model));
+        let scheme = Scheme::default();
+        let sig = sign_files(&[path], &scheme, &SignOptions::default()).expect("signed");
+        assert_eq!(sig.scheme, scheme);
+        assert_eq!(
+            names(&sig),
+            [
+                "model.embed_tokens.weight",
+                "model.layers.0.mlp.down_proj.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.norm.weight"
+            ]
+        );
+        // Each equals what the accumulator gives on the tensor's bytes.
+        for t in &model {
+            let mut acc = TensorAccumulator::new(&scheme, t.name, t.dtype, &t.shape).expect("accumulator");
+            acc.feed_rows(0, &t.bytes).expect("all rows");
+            assert_eq!(sig.tensor(t.name), Some(&acc.finish().expect("complete")));
+        }
+        assert_eq!(sig.total_params(), 50 * 16 + 16 * 16 + 16 * 40 + 16);
+    }
+
+    #[test]
+    fn shards_sign_like_one_file_and_names_must_be_unique() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = small_model();
+        let one = write(dir.path(), "one.safetensors", &safetensors_file(&model));
+        let (first, second) = model.split_at(2);
+        let a = write(dir.path(), "a.safetensors", &safetensors_file(first));
+        let b = write(dir.path(), "b.safetensors", &safetensors_file(second));
+        let opts = SignOptions::default();
+        let whole = sign_files(std::slice::from_ref(&one), &Scheme::default(), &opts).expect("one file");
+        let sharded = sign_files(&[a.clone(), b], &Scheme::default(), &opts).expect("shards");
+        assert_eq!(whole, sharded);
+        match sign_files(&[a.clone(), one.clone()], &Scheme::default(), &opts) {
+            Err(SignError::DuplicateTensor { name, first, second }) => {
+                assert_eq!((name.as_str(), first, second), ("model.embed_tokens.weight", a, one));
+            }
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
+        assert!(matches!(sign_files(&[], &Scheme::default(), &opts), Err(SignError::NoFiles)));
+        let bad_scheme = Scheme { row_fraction: 2.0, ..Scheme::default() };
+        assert!(matches!(sign_files(&[whole_path(&dir)], &bad_scheme, &opts), Err(SignError::Scheme(_))));
+    }
+
+    fn whole_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("one.safetensors")
+    }
+
+    #[test]
+    fn every_malformed_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (i, case) in cases().iter().enumerate() {
+            let path = write(dir.path(), &format!("case{i}.safetensors"), &case.bytes);
+            let got = std::panic::catch_unwind(|| {
+                sign_files(std::slice::from_ref(&path), &Scheme::default(), &SignOptions::default())
+            });
+            match got {
+                Ok(Err(SignError::WithFile { path: p, source: FileError::Header(e) })) => {
+                    assert_eq!(p, path);
+                    assert_eq!(
+                        std::mem::discriminant(&e),
+                        std::mem::discriminant(&case.expected),
+                        "case {:?}: {e}",
+                        case.name
+                    );
+                }
+                Ok(other) => panic!("case {:?}: expected a header error, got {other:?}", case.name),
+                Err(_) => panic!("case {:?} panicked", case.name),
+            }
+        }
+        let missing = dir.path().join("missing.safetensors");
+        assert!(matches!(
+            sign_files(&[missing], &Scheme::default(), &SignOptions::default()),
+            Err(SignError::WithFile { source: FileError::Open(_), .. })
+        ));
+    }
+
+    #[test]
+    fn quantised_weights_are_signed_dequantised() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let q: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37)).collect();
+        let scale = f32_bytes(&[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]);
+        let model = [
+            Tensor { name: "a.weight", dtype: Dtype::I8, shape: vec![8, 8], bytes: q.clone() },
+            Tensor { name: "a.weight_scale", dtype: Dtype::F32, shape: vec![8, 1], bytes: scale.clone() },
+            Tensor { name: "b.weight", dtype: Dtype::I8, shape: vec![8, 8], bytes: q.clone() },
+            Tensor { name: "b.weight_scale", dtype: Dtype::F32, shape: vec![8, 1], bytes: scale.clone() },
+            Tensor { name: "b.weight_zero_point", dtype: Dtype::I8, shape: vec![8, 1], bytes: vec![0; 8] },
+            Tensor { name: "c.weight", dtype: Dtype::I8, shape: vec![8, 8], bytes: q.clone() },
+            Tensor { name: "c.weight_scale", dtype: Dtype::F32, shape: vec![2, 4], bytes: scale.clone() },
+        ];
+        let path = write(dir.path(), "model.safetensors", &safetensors_file(&model));
+        let sig = sign_files(std::slice::from_ref(&path), &Scheme::default(), &SignOptions::default()).expect("signed");
+        let a = sig.tensor("a.weight").expect("a");
+        assert_eq!((a.source, a.dtype), (ValueSource::Dequantized, Dtype::I8));
+        let m = a.moments.expect("dequantised values have moments");
+        let expected_max = q
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| f64::from(f32::from(x as i8) * (0.01 * (i / 8 + 1) as f32)))
+            .fold(f64::MIN, f64::max);
+        assert!((m.max - expected_max).abs() < 1e-6, "{} vs {expected_max}", m.max);
+        // The scale stays an ordinary tensor; zero points and block-shaped scales are not understood: raw.
+        assert_eq!(sig.tensor("a.weight_scale").map(|t| t.source), Some(ValueSource::Raw));
+        for raw in ["b.weight", "c.weight"] {
+            let t = sig.tensor(raw).expect("present");
+            assert_eq!((t.source, t.moments), (ValueSource::Raw, None), "{raw}");
+        }
+        let off = sign_files(&[path], &Scheme::default(), &SignOptions { dequantize: false, ..SignOptions::default() })
+            .expect("signed");
+        assert_eq!(off.tensor("a.weight").map(|t| t.source), Some(ValueSource::Raw));
+    }
+
+    fn adapter_dir(config: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = [
+            tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", &[4, 16], 5),
+            tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", &[16, 4], 6),
+            tensor("base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight", &[4, 16], 7),
+        ];
+        write(dir.path(), "adapter_model.safetensors", &safetensors_file(&model));
+        if let Some(config) = config {
+            write(dir.path(), "adapter_config.json", config.as_bytes());
+        }
+        dir
+    }
+
+    #[test]
+    fn adapters_give_delta_tensors_scaled_by_their_config() {
+        let scheme = Scheme::default();
+        let plain = sign_model_dir(adapter_dir(None).path(), &scheme, &SignOptions::default()).expect("signed");
+        assert_eq!(plain.layout, Layout::Adapter { lora: None });
+        assert_eq!(
+            names(&plain.signature),
+            [
+                "model.layers.0.self_attn.q_proj.lora_A.weight",
+                "model.layers.0.self_attn.q_proj.lora_B.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.v_proj.lora_A.weight",
+            ]
+        );
+        let delta = plain.signature.tensor("model.layers.0.self_attn.q_proj.weight").expect("delta");
+        assert_eq!((delta.source, delta.shape.as_slice()), (ValueSource::AdapterDelta, &[16u64, 16][..]));
+
+        // lora_alpha 16 over rank 4: every value four times larger.
+        let dir = adapter_dir(Some(r#"{"peft_type":"LORA","r":4,"lora_alpha":16,"target_modules":["q_proj"]}"#));
+        let scaled = sign_model_dir(dir.path(), &scheme, &SignOptions::default()).expect("signed");
+        assert_eq!(scaled.layout, Layout::Adapter { lora: Some(LoraConfig { alpha: 16.0, use_rslora: false }) });
+        assert_eq!(scaled.files.len(), 1);
+        let scaled_delta = scaled.signature.tensor("model.layers.0.self_attn.q_proj.weight").expect("delta");
+        for (x, y) in scaled_delta.samples.iter().zip(&delta.samples) {
+            assert!((x - 4.0 * y).abs() <= 1e-6 * (1.0 + x.abs()), "{x} vs 4 × {y}");
+        }
+        // The caller's configuration wins over the file's.
+        let forced = SignOptions { lora: Some(LoraConfig { alpha: 4.0, use_rslora: false }), ..SignOptions::default() };
+        let same = sign_model_dir(dir.path(), &scheme, &forced).expect("signed");
+        assert_eq!(same.signature, plain.signature);
+    }
+
+    #[test]
+    fn adapter_configs_are_untrusted() {
+        let check = |config: &str, expected: AdapterConfigError| {
+            let dir = adapter_dir(Some(config));
+            match sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()) {
+                Err(SignError::AdapterConfig { source, .. }) => assert_eq!(source, expected, "{config}"),
+                other => panic!("{config}: expected a config error, got {other:?}"),
+            }
+        };
+        check(r#"{"lora_alpha":-1}"#, AdapterConfigError::Alpha);
+        check(r#"{"lora_alpha":"16"}"#, AdapterConfigError::Alpha);
+        check(r#"{"use_rslora":"yes"}"#, AdapterConfigError::Rslora);
+        check("[]", AdapterConfigError::NotAnObject);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let dir = adapter_dir(Some(&deep));
+        assert!(matches!(
+            sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
+            Err(SignError::AdapterConfig { source: AdapterConfigError::Json { .. }, .. })
+        ));
+        let big = " ".repeat(MAX_ADAPTER_CONFIG_LEN as usize + 1);
+        check(&big, AdapterConfigError::TooLarge { len: MAX_ADAPTER_CONFIG_LEN + 1, cap: MAX_ADAPTER_CONFIG_LEN });
+        // Missing fields take PEFT's defaults.
+        let dir = adapter_dir(Some("{}"));
+        let got = sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()).expect("signed");
+        assert_eq!(got.layout, Layout::Adapter { lora: Some(LoraConfig { alpha: 8.0, use_rslora: false }) });
+        // An adapter beside full weights is ambiguous.
+        write(dir.path(), "model.safetensors", &safetensors_file(&small_model()));
+        assert!(matches!(
+            sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
+            Err(SignError::AdapterBesideWeights { .. })
+        ));
+    }
+
+    /// A directory with the small model in two shards and this index.
+    fn sharded_dir(index: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = small_model();
+        let (first, second) = model.split_at(2);
+        write(dir.path(), "model-00001-of-00002.safetensors", &safetensors_file(first));
+        write(dir.path(), "model-00002-of-00002.safetensors", &safetensors_file(second));
+        write(dir.path(), "model.safetensors.index.json", index.as_bytes());
+        dir
+    }
+
+    fn index(entries: &[(&str, &str)]) -> String {
+        let map: Vec<String> = entries.iter().map(|(t, f)| format!(r#""{t}":"{f}""#)).collect();
+        format!(r#"{{"metadata":{{"total_size":3392}},"weight_map":{{{}}}}}"#, map.join(","))
+    }
+
+    const S1: &str = "model-00001-of-00002.safetensors";
+    const S2: &str = "model-00002-of-00002.safetensors";
+    const GOOD: [(&str, &str); 4] = [
+        ("model.embed_tokens.weight", S1),
+        ("model.layers.0.self_attn.q_proj.weight", S1),
+        ("model.layers.0.mlp.down_proj.weight", S2),
+        ("model.norm.weight", S2),
+    ];
+
+    #[test]
+    fn sharded_directories_follow_their_index() {
+        let dir = sharded_dir(&index(&GOOD));
+        let got = sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()).expect("signed");
+        let single = tempfile::tempdir().expect("temp dir");
+        write(single.path(), "model.safetensors", &safetensors_file(&small_model()));
+        let expected = sign_model_dir(single.path(), &Scheme::default(), &SignOptions::default()).expect("signed");
+        assert_eq!(got.signature, expected.signature);
+        assert_eq!(expected.layout, Layout::Files);
+        assert_eq!(
+            got.layout,
+            Layout::Sharded { index: dir.path().join("model.safetensors.index.json"), total_size: Some(3392) }
+        );
+        let files: Vec<_> = got.files.iter().map(|f| f.path.file_name().and_then(|n| n.to_str())).collect();
+        assert_eq!(files, [Some(S1), Some(S2)]);
+        assert!(got.files.iter().all(|f| f.len == std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0)));
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_shards_is_an_error() {
+        let run = |entries: &[(&str, &str)]| {
+            sign_model_dir(sharded_dir(&index(entries)).path(), &Scheme::default(), &SignOptions::default())
+        };
+        let mut wrong = GOOD;
+        wrong[3].1 = S1;
+        assert!(matches!(run(&wrong), Err(SignError::IndexWrongShard { tensor, .. }) if tensor == "model.norm.weight"));
+        let mut extra = GOOD.to_vec();
+        extra.push(("lm_head.weight", S2));
+        assert!(
+            matches!(run(&extra), Err(SignError::IndexedTensorMissing { tensor, .. }) if tensor == "lm_head.weight")
+        );
+        assert!(
+            matches!(run(&GOOD[..3]), Err(SignError::TensorNotIndexed { tensor, .. }) if tensor == "model.norm.weight")
+        );
+        let mut missing = GOOD;
+        missing[3].1 = "model-00003-of-00003.safetensors";
+        assert!(
+            matches!(run(&missing), Err(SignError::MissingShard { file }) if file == "model-00003-of-00003.safetensors")
+        );
+        let mut escape = GOOD;
+        escape[3].1 = "../model.safetensors";
+        assert!(matches!(run(&escape), Err(SignError::Index { source: IndexError::ShardNameHasSeparator { .. }, .. })));
+        // Two indexes, or none and no weights.
+        let dir = sharded_dir(&index(&GOOD));
+        write(dir.path(), "other.safetensors.index.json", index(&GOOD).as_bytes());
+        assert!(matches!(
+            sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
+            Err(SignError::AmbiguousIndex { .. })
+        ));
+        let empty = tempfile::tempdir().expect("temp dir");
+        write(empty.path(), "pytorch_model.bin", b"not read");
+        assert!(matches!(
+            sign_model_dir(empty.path(), &Scheme::default(), &SignOptions::default()),
+            Err(SignError::NoSafetensors { .. })
+        ));
+        assert!(matches!(
+            sign_model_dir(&empty.path().join("nope"), &Scheme::default(), &SignOptions::default()),
+            Err(SignError::ListDir { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_read_well() {
+        let e = SignError::WithFile {
+            path: PathBuf::from("/m/model.safetensors"),
+            source: FileError::Header(HeaderError::EmptyHeader),
+        };
+        assert_eq!(e.to_string(), "/m/model.safetensors: bad safetensors header: declared header length is zero");
+    }
+}

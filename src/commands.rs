@@ -1,0 +1,254 @@
+//! The commands that read or write the store: `scan`, `tree`, `lineage`, `export`, `eval`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::ExitCode,
+};
+
+use anyhow::{Context, bail};
+use lineage::{Edge, Method, Recovery};
+use signature::Scheme;
+use store::{RunKind, RunStatus, Store};
+
+use crate::{output, scan, solve};
+
+pub fn open_store(db: &Path) -> anyhow::Result<Store> {
+    if let Some(parent) = db.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Store::open(db).with_context(|| format!("cannot open the database {}", db.display()))
+}
+
+/// Opens a database that must exist already (query commands never create one).
+fn open_existing(db: &Path) -> anyhow::Result<Store> {
+    if !db.exists() {
+        bail!("no database at {} (run `modeltree scan` first, or pass --db)", db.display());
+    }
+    open_store(db)
+}
+
+pub fn scan(db: &Path, roots: &[std::path::PathBuf], scheme: &Scheme, method: Method, json: bool) -> anyhow::Result<ExitCode> {
+    let mut store = open_store(db)?;
+    let stats = scan_into(&mut store, roots, scheme, method)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats.to_json())?);
+    } else {
+        println!(
+            "models: {} new, {} changed, {} unchanged, {} failed; {} read",
+            stats.new,
+            stats.changed,
+            stats.unchanged,
+            stats.failed,
+            output::bytes(stats.bytes_read)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Scans the roots, then re-solves lineage unless the last solve saw exactly the same models with the same method.
+/// The solve's input is fingerprinted and checkpointed, so a scan killed between indexing and solving still
+/// re-solves next time, and a scan that changed nothing does no work.
+pub fn scan_into(
+    store: &mut Store,
+    roots: &[std::path::PathBuf],
+    scheme: &Scheme,
+    method: Method,
+) -> anyhow::Result<scan::ScanStats> {
+    let run = store.begin_run(RunKind::Scan).context("cannot start a run")?;
+    let mut stats = scan::ScanStats::default();
+    let result = (|| {
+        for root in roots {
+            scan::scan_root(store, root, scheme, &mut stats)?;
+        }
+        let input = solve_input_fingerprint(store, scheme, method)?;
+        if store.get_checkpoint(SOLVED_INPUT).context("cannot read a checkpoint")?.as_deref() != Some(input.as_str()) {
+            let n = solve::recover_and_store(store, run, scheme, method)?;
+            store.set_checkpoint(SOLVED_INPUT, &input).context("cannot write a checkpoint")?;
+            tracing::info!(edges = n, method = solve::method_name(method), "lineage solved");
+        }
+        Ok::<_, anyhow::Error>(())
+    })();
+    let status = if result.is_ok() { RunStatus::Ok } else { RunStatus::Failed };
+    store.finish_run(run, status, Some(&stats.to_json().to_string())).context("cannot finish the run")?;
+    result.map(|()| stats)
+}
+
+/// Checkpoint key: the fingerprint of the models, scheme and method the current edges were solved from.
+const SOLVED_INPUT: &str = "lineage.solved_input";
+
+fn solve_input_fingerprint(store: &Store, scheme: &Scheme, method: Method) -> anyhow::Result<String> {
+    let mut models: Vec<(String, String, String)> = store
+        .models()
+        .context("cannot list models")?
+        .into_iter()
+        .map(|m| (m.record.id, m.record.revision, m.status.as_str().to_owned()))
+        .collect();
+    models.sort();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(scheme.id().as_bytes());
+    hasher.update(solve::method_name(method).as_bytes());
+    for (id, revision, status) in &models {
+        for part in [id, revision, status] {
+            hasher.update(part.as_bytes());
+            hasher.update(&[0]);
+        }
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+pub fn tree(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();
+    let edges = solve::from_records(&store.current_edges()?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&output::edges_json(&edges))?);
+    } else {
+        print!("{}", output::forest(&ids, &edges));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lineage(db: &Path, model: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let known = store.models()?.into_iter().any(|m| m.record.id == model);
+    if !known {
+        bail!("unknown model {model:?}");
+    }
+    let edges = solve::from_records(&store.current_edges()?);
+    let (ancestors, descendants) = output::relatives(model, &edges);
+    if json {
+        let v = serde_json::json!({
+            "model": model,
+            "ancestors": output::edges_json(&ancestors)["edges"],
+            "descendants": output::edges_json(&descendants)["edges"],
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{model}");
+        println!("ancestors:");
+        if ancestors.is_empty() {
+            println!("  (none among the models seen)");
+        }
+        for e in &ancestors {
+            println!("  {} ─{}→ {}  ({:.2}, {})", e.parent, e.relation.as_str(), e.child, e.confidence, e.source.as_str());
+        }
+        println!("descendants:");
+        if descendants.is_empty() {
+            println!("  (none)");
+        }
+        for e in &descendants {
+            println!("  {} ─{}→ {}  ({:.2}, {})", e.parent, e.relation.as_str(), e.child, e.confidence, e.source.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn export_json(db: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let models = store.models()?;
+    let edges = solve::from_records(&store.current_edges()?);
+    let models_json: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.record.id,
+                "license": m.record.license,
+                "declared_base_models": m.record.declared_base_models,
+                "status": m.status.as_str(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "models": models_json, "edges": output::edges_json(&edges)["edges"] });
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    match out {
+        Some(path) => output::write_atomically(path, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a zoo's `ground_truth.json` (untrusted: malformed entries are an error, not a panic).
+pub fn read_truth(path: &Path) -> anyhow::Result<Vec<lineage::eval::Truth>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))?;
+    let Some(models) = doc.get("models").and_then(|m| m.as_array()) else {
+        bail!("{}: no \"models\" array", path.display());
+    };
+    models
+        .iter()
+        .map(|m| {
+            let model = m.get("model").and_then(|v| v.as_str()).context("a truth entry has no \"model\"")?;
+            let relation = m.get("relation").and_then(|v| v.as_str()).context("a truth entry has no \"relation\"")?;
+            let parents = m
+                .get("parents")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            Ok(lineage::eval::Truth { model: model.to_owned(), parents, relation: relation.to_owned() })
+        })
+        .collect()
+}
+
+pub fn eval(db: &Path, truth_path: &Path, scheme: &Scheme, methods: &[Option<Method>], json: bool) -> anyhow::Result<ExitCode> {
+    let truth = read_truth(truth_path)?;
+    let store = open_existing(db)?;
+    let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();
+    let mut rows = Vec::new();
+    for method in methods {
+        let (label, recovery) = match method {
+            None => {
+                let edges = solve::from_records(&store.current_edges()?);
+                let method = store.current_solve()?.map_or_else(|| "none".into(), |s| s.method);
+                (format!("stored ({method})"), Recovery { families: families(&ids, &edges), edges })
+            }
+            Some(m) => (solve::method_name(*m).to_owned(), solve::recover(&store, scheme, *m)?),
+        };
+        rows.push((label, lineage::eval::score(&truth, &recovery)));
+    }
+    if json {
+        let v: Vec<serde_json::Value> = rows.iter().map(|(label, s)| output::score_json(label, s)).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", output::score_table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Families (connected components) implied by a set of edges, singletons included.
+pub fn families(ids: &[String], edges: &[Edge]) -> Vec<Vec<String>> {
+    let mut parent: BTreeMap<&str, &str> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
+    for e in edges {
+        parent.entry(&e.parent).or_insert(&e.parent);
+        parent.entry(&e.child).or_insert(&e.child);
+    }
+    fn find<'a>(parent: &mut BTreeMap<&'a str, &'a str>, x: &'a str) -> &'a str {
+        let mut root = x;
+        while parent[root] != root {
+            root = parent[root];
+        }
+        let mut cur = x;
+        while parent[cur] != root {
+            let next = parent[cur];
+            parent.insert(cur, root);
+            cur = next;
+        }
+        root
+    }
+    for e in edges {
+        let (a, b) = (find(&mut parent, &e.parent), find(&mut parent, &e.child));
+        if a != b {
+            parent.insert(a.max(b), a.min(b));
+        }
+    }
+    let keys: Vec<&str> = parent.keys().copied().collect();
+    let mut groups: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for k in keys {
+        let root = find(&mut parent, k);
+        groups.entry(root).or_default().insert(k.to_owned());
+    }
+    groups.into_values().map(|g| g.into_iter().collect()).collect()
+}

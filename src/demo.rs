@@ -1,0 +1,69 @@
+//! `demo`: the embedded default. Unpacks the bundled small zoo (really trained tiny Llama trees, see
+//! `tests/zoo-small`), indexes it, prints the recovered forest and scores it against the zoo's ground truth.
+//! No network and no setup: the zoo is compiled into the binary by `build.rs`.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::{Context, bail};
+use lineage::Method;
+use signature::Scheme;
+
+use crate::{commands, output, solve};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/zoo_small.rs"));
+}
+
+/// Writes the embedded zoo under `dir`. Paths come from our own build, but are still checked to stay inside.
+fn unpack(dir: &Path) -> anyhow::Result<()> {
+    if embedded::ZOO_SMALL.is_empty() {
+        bail!("this binary was built without tests/zoo-small; run scripts/zoo.sh --size small --out tests/zoo-small");
+    }
+    for (rel, data) in embedded::ZOO_SMALL {
+        if rel.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+            bail!("refusing embedded path {rel:?}");
+        }
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> anyhow::Result<ExitCode> {
+    let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let work = keep.unwrap_or(tmp.path());
+    let zoo = work.join("zoo");
+    unpack(&zoo)?;
+    let db_path = db.map(Path::to_path_buf).unwrap_or_else(|| work.join("demo.db"));
+    println!("modeltree demo: {} files of the bundled small zoo unpacked to {}", embedded::ZOO_SMALL.len(), zoo.display());
+    let mut store = commands::open_store(&db_path)?;
+    let started = std::time::Instant::now();
+    let stats = commands::scan_into(&mut store, std::slice::from_ref(&zoo), scheme, Method::Default)?;
+    println!(
+        "indexed {} models ({} failed, {} read) into {} in {:.1} s\n",
+        stats.new + stats.changed + stats.unchanged,
+        stats.failed,
+        output::bytes(stats.bytes_read),
+        db_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();
+    let edges = solve::from_records(&store.current_edges()?);
+    println!("recovered forest (relation, confidence, evidence):");
+    print!("{}", output::forest(&ids, &edges));
+    let truth = commands::read_truth(&zoo.join("ground_truth.json"))?;
+    let mut rows = Vec::new();
+    for method in [Method::Default, Method::Mother] {
+        let recovery = solve::recover(&store, scheme, method)?;
+        rows.push((solve::method_name(method).to_owned(), lineage::eval::score(&truth, &recovery)));
+    }
+    println!("\nscore against the zoo's ground truth:");
+    print!("{}", output::score_table(&rows));
+    if keep.is_some() {
+        println!("\nkept: zoo in {}, database in {}", zoo.display(), db_path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

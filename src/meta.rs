@@ -1,0 +1,178 @@
+//! Repo metadata read as untrusted data: the model card's YAML front matter, `config.json` and
+//! `adapter_config.json`. Nothing here trusts a size, a type or a value: every field is optional, lists and
+//! strings are both accepted where the Hub accepts both, and anything malformed is dropped rather than fatal,
+//! because card data on the Hub is dirty (lists vs strings, typos, self-references).
+
+use std::{fs, io::Read, path::Path};
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Cards and JSON configs larger than this are not read: real ones are a few KiB, and the limit keeps a
+/// hostile repo from making us parse megabytes of YAML.
+const MAX_METADATA_BYTES: u64 = 1 << 20;
+/// Only the front matter is parsed; real front matter is well under this.
+const MAX_FRONT_MATTER_BYTES: usize = 64 << 10;
+/// Base-model lists longer than this are truncated: the longest legitimate merges list a handful of parents.
+const MAX_BASE_MODELS: usize = 16;
+/// Model ids on the Hub are at most 96 characters; anything much longer is junk.
+const MAX_ID_LEN: usize = 256;
+
+/// What the card says about a model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Card {
+    pub license: Option<String>,
+    pub base_models: Vec<String>,
+    pub base_model_relation: Option<String>,
+}
+
+/// The parts of `config.json` lineage and the audit use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelConfig {
+    pub model_type: Option<String>,
+    pub architectures: Vec<String>,
+    pub hidden_size: Option<u64>,
+    pub num_layers: Option<u64>,
+    pub vocab_size: Option<u64>,
+    pub quantization: Option<String>,
+    /// The whole file, re-serialised (so it is valid JSON of bounded size).
+    pub json: Option<String>,
+}
+
+/// The part of `adapter_config.json` lineage uses (the signature reader takes the LoRA scaling itself).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdapterConfig {
+    pub base_model: Option<String>,
+}
+
+/// Reads a small file, or `None` if it is missing, unreadable or larger than the metadata limit.
+pub fn read_small(path: &Path) -> Option<Vec<u8>> {
+    let file = fs::File::open(path).ok()?;
+    if file.metadata().ok()?.len() > MAX_METADATA_BYTES {
+        return None;
+    }
+    let mut buf = Vec::new();
+    file.take(MAX_METADATA_BYTES).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// Parses the YAML front matter of a model card (`---` … `---` at the top of `README.md`).
+pub fn parse_card(text: &str, self_id: &str) -> Card {
+    let Some(front) = front_matter(text) else { return Card::default() };
+    let Ok(docs) = YamlLoader::load_from_str(front) else { return Card::default() };
+    let Some(doc) = docs.into_iter().next() else { return Card::default() };
+    let license = doc["license"].as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let mut base_models = Vec::new();
+    match &doc["base_model"] {
+        Yaml::String(s) => base_models.push(s.clone()),
+        Yaml::Array(items) => base_models.extend(items.iter().filter_map(|y| y.as_str().map(str::to_owned))),
+        _ => {}
+    }
+    let mut clean: Vec<String> = Vec::new();
+    for id in base_models {
+        let id = id.trim().trim_start_matches("https://huggingface.co/").to_owned();
+        if is_plausible_id(&id) && id != self_id && !clean.contains(&id) && clean.len() < MAX_BASE_MODELS {
+            clean.push(id);
+        }
+    }
+    let relation = doc["base_model_relation"]
+        .as_str()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| matches!(s.as_str(), "adapter" | "merge" | "quantized" | "finetune"));
+    Card { license, base_models: clean, base_model_relation: relation }
+}
+
+fn front_matter(text: &str) -> Option<&str> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let rest = text.strip_prefix("---")?;
+    let rest = rest.strip_prefix("\r\n").or_else(|| rest.strip_prefix('\n'))?;
+    let end = rest.find("\n---").unwrap_or(rest.len());
+    (end <= MAX_FRONT_MATTER_BYTES).then(|| &rest[..end])
+}
+
+fn is_plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && !id.contains("..")
+        && !id.starts_with('/')
+}
+
+/// Parses `config.json`.
+pub fn parse_config(bytes: &[u8]) -> ModelConfig {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return ModelConfig::default() };
+    let Some(obj) = value.as_object() else { return ModelConfig::default() };
+    let int = |key: &str| obj.get(key).and_then(|v| v.as_u64());
+    ModelConfig {
+        model_type: obj.get("model_type").and_then(|v| v.as_str()).map(str::to_owned),
+        architectures: obj
+            .get("architectures")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).take(MAX_BASE_MODELS).collect())
+            .unwrap_or_default(),
+        hidden_size: int("hidden_size"),
+        num_layers: int("num_hidden_layers"),
+        vocab_size: int("vocab_size"),
+        quantization: obj.get("quantization_config").filter(|v| v.is_object()).map(|v| v.to_string()),
+        json: Some(value.to_string()),
+    }
+}
+
+/// Parses `adapter_config.json`.
+pub fn parse_adapter_config(bytes: &[u8]) -> AdapterConfig {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return AdapterConfig::default() };
+    let base_model = value
+        .get("base_model_name_or_path")
+        .and_then(|v| v.as_str())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| is_plausible_id(s));
+    AdapterConfig { base_model }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_card(text: &str, expected: Card) {
+        assert_eq!(parse_card(text, "me/model"), expected, "{text}");
+    }
+
+    fn card(license: Option<&str>, bases: &[&str], relation: Option<&str>) -> Card {
+        Card {
+            license: license.map(str::to_owned),
+            base_models: bases.iter().map(|s| s.to_string()).collect(),
+            base_model_relation: relation.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn cards() {
+        check_card("---\nlicense: mit\nbase_model: a/b\n---\n# hi", card(Some("mit"), &["a/b"], None));
+        check_card(
+            "---\nlicense: apache-2.0\nbase_model:\n- a/b\n- c/d\nbase_model_relation: merge\n---\n",
+            card(Some("apache-2.0"), &["a/b", "c/d"], Some("merge")),
+        );
+        // No front matter, unterminated YAML, wrong types: nothing, never an error.
+        check_card("# just a readme", Card::default());
+        check_card("---\nlicense: [unclosed\n---\n", Card::default());
+        check_card("---\nlicense: 3\nbase_model: {a: b}\n---\n", Card::default());
+        // Self references, junk ids, duplicates and unknown relations are dropped.
+        check_card(
+            "---\nbase_model: [me/model, '../etc/passwd', a/b, a/b, 'x y']\nbase_model_relation: cousin\n---\n",
+            card(None, &["a/b"], None),
+        );
+        check_card("---\r\nbase_model: https://huggingface.co/a/b\r\n---\r\n", card(None, &["a/b"], None));
+    }
+
+    #[test]
+    fn configs() {
+        let c = parse_config(br#"{"model_type":"llama","quantization_config":{"quant_method":"fp8"}}"#);
+        assert_eq!(c.model_type.as_deref(), Some("llama"));
+        assert_eq!(c.quantization.as_deref(), Some(r#"{"quant_method":"fp8"}"#));
+        assert_eq!(parse_config(b"[1,2]"), ModelConfig::default());
+        assert_eq!(parse_config(b"{not json"), ModelConfig::default());
+        let a = parse_adapter_config(br#"{"base_model_name_or_path":"org/base","r":8,"lora_alpha":16}"#);
+        assert_eq!(a, AdapterConfig { base_model: Some("org/base".into()) });
+        let a = parse_adapter_config(br#"{"base_model_name_or_path":"/tmp/../x","r":0,"lora_alpha":16}"#);
+        assert_eq!(a, AdapterConfig::default());
+    }
+}
