@@ -5,7 +5,6 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use signature::Scheme;
@@ -90,15 +89,17 @@ fn killed_scan_resumes_to_the_same_store() {
         copy_tree(&zoo(), &corpus.join(copy));
     }
     let clean = tmp.path().join("clean.db");
+    let started = std::time::Instant::now();
     run_ok(modeltree(&clean).arg("scan").arg(&corpus));
+    let clean_time = started.elapsed();
 
+    // SIGKILL at varied points of the scan: each restart resumes from what the previous one committed.
     let killed = tmp.path().join("killed.db");
     let mut kills = 0;
-    for attempt in 0..40u64 {
+    for fraction in [0.05, 0.3, 0.15, 0.5, 0.1, 0.4, 0.2, 0.6, 0.25, 0.35] {
         let mut child =
             modeltree(&killed).arg("scan").arg(&corpus).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-        // Deterministic but varied kill points: 20 ms, 70 ms, 120 ms, …
-        std::thread::sleep(Duration::from_millis(20 + 50 * attempt));
+        std::thread::sleep(clean_time.mul_f64(fraction));
         if child.try_wait().expect("try_wait").is_some() {
             break;
         }
@@ -106,7 +107,7 @@ fn killed_scan_resumes_to_the_same_store() {
         child.wait().expect("reap");
         kills += 1;
     }
-    assert!(kills >= 2, "the scan finished before it could be killed twice; make the corpus larger");
+    assert!(kills >= 3, "the scan finished before it could be killed three times; make the corpus larger");
     run_ok(modeltree(&killed).arg("scan").arg(&corpus));
     assert_eq!(snapshot(&clean), snapshot(&killed), "killed {kills} times, then resumed");
     let store = store::Store::open(&killed).expect("open");

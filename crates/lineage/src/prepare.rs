@@ -149,7 +149,7 @@ fn is_vocab_tensor(name: &str) -> bool {
 /// matrix, and not an auxiliary such as a quantisation scale (`…weight_scale`, shape `[n, 1]`). Scales are all
 /// positive, so unrelated models' scale sketches have cosines near 1 and would join every quantised model
 /// into one family.
-fn is_block_weight(t: &TensorSignature) -> bool {
+pub(crate) fn is_block_weight(t: &TensorSignature) -> bool {
     t.shape.len() == 2
         && t.shape.iter().all(|&d| d > 1)
         && t.name.ends_with("weight")

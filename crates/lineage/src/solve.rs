@@ -21,7 +21,7 @@ use signature::ValueSource;
 
 use crate::edmonds::min_arborescence;
 use crate::numeric::{cast_equal, effective_rank, mantissa_bits, numerical_rank, singular_values};
-use crate::prepare::{Group, Kind, Prepared};
+use crate::prepare::{Group, Kind, Prepared, is_block_weight};
 use crate::union_find::UnionFind;
 use crate::{Edge, EdgeSource, Options, Relation};
 
@@ -538,6 +538,10 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     fn compute_low_rank(&self, a: usize, b: usize) -> Option<bool> {
+        if !self.frozen_outside_blocks(a, b) {
+            // Norms, embeddings or biases moved: every parameter was trained, whatever the rank of the update.
+            return Some(false);
+        }
         let g = self.group;
         let (x, y) = (self.pos[a], self.pos[b]);
         let slots = g.slots.len();
@@ -565,6 +569,28 @@ impl<'a, 'm> Subset<'a, 'm> {
         ranks.sort_unstable();
         let median = ranks[ranks.len() / 2] as f64;
         Some(median <= self.options.lora_max_rank_share * k as f64)
+    }
+
+    /// True when every tensor outside the block weights (norms, embeddings, head, biases) that `a` and `b`
+    /// share is unchanged: byte-equal, or equal up to a cast. A merged LoRA trains only its target matrices;
+    /// a full fine-tune moves the norms too, even when its update of the matrices is numerically low-rank.
+    fn frozen_outside_blocks(&self, a: usize, b: usize) -> bool {
+        let sa = &self.p.models[self.model[a]].signature;
+        let sb = &self.p.models[self.model[b]].signature;
+        sa.tensors.iter().filter(|t| !is_block_weight(t)).all(|x| {
+            let Some(y) = sb.tensor(&x.name).filter(|y| y.shape == x.shape) else { return true };
+            if x.dtype == y.dtype {
+                return x.content_hash == y.content_hash;
+            }
+            match (mantissa_bits(x.dtype), mantissa_bits(y.dtype)) {
+                (Some(bx), Some(by)) => {
+                    let coarser = if bx < by { x.dtype } else { y.dtype };
+                    cast_equal(&x.samples, &y.samples, coarser)
+                }
+                // An integer tensor in one and a float in the other: not comparable, so no evidence.
+                _ => true,
+            }
+        })
     }
 
     fn direction_features(&self, nodes: &[usize]) -> Vec<Features> {

@@ -177,6 +177,28 @@ pub(crate) fn lora_deltas(parent: &Weights, seed: u64, rank: usize, relative: f6
         .collect()
 }
 
+/// A full fine-tune whose update of every 2-D weight happens to be rank `rank`, while the norms move too.
+pub(crate) fn low_rank_finetune(parent: &Weights, seed: u64, rank: usize, relative: f64) -> Weights {
+    let mut out = parent.clone();
+    let mut rng = Rng::new(seed ^ 0xabcd);
+    for t in out.tensors.iter_mut() {
+        if t.shape.len() == 1 {
+            t.values.iter_mut().for_each(|v| *v += (0.02 * rng.normal()) as f32);
+            continue;
+        }
+        let (m, n) = (t.rows(), t.cols());
+        let b: Vec<f64> = (0..m * rank).map(|_| rng.normal()).collect();
+        let a: Vec<f64> = (0..rank * n).map(|_| rng.normal()).collect();
+        let norm = t.values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        let scale = relative * norm / ((m * n * rank) as f64).sqrt();
+        for (idx, v) in t.values.iter_mut().enumerate() {
+            let d: f64 = (0..rank).map(|q| b[(idx / n) * rank + q] * a[q * n + idx % n]).sum();
+            *v += (scale * d) as f32;
+        }
+    }
+    out
+}
+
 /// The parent with a LoRA merged into its q and v projections.
 pub(crate) fn lora(parent: &Weights, seed: u64, rank: usize, relative: f64) -> Weights {
     let mut out = parent.clone();

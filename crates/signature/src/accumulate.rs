@@ -83,6 +83,8 @@ pub enum TensorError {
     NotQuantized { dtype: &'static str },
     #[error("{scales} scales for a tensor of {rows} rows")]
     ScaleLength { scales: usize, rows: u64 },
+    #[error("scale tensor of dtype {dtype} and shape {shape:?} is not a per-tensor or per-row scale")]
+    ScaleLayout { dtype: &'static str, shape: Vec<u64> },
     #[error("lora factors A {a:?} and B {b:?} do not multiply to a matrix")]
     FactorShapes { a: Vec<u64>, b: Vec<u64> },
     #[error("lora factor of dtype {dtype} is not a float tensor")]
@@ -98,6 +100,49 @@ pub enum Scales {
     PerTensor(f32),
     /// One scale per output channel, i.e. per row (scale shape `[rows]` or `[rows, 1]`).
     PerRow(Vec<f32>),
+}
+
+impl Scales {
+    /// How scales stored as `scale_dtype`/`scale_shape` apply to a weight of `weight_shape`: `Some(false)` for
+    /// one scale (shape `[]` or `[1]`), `Some(true)` for one per row (`[rows]` or `[rows, 1]`, weight of rank
+    /// ≥ 2); `None` for any other dtype than F32/BF16/F16 or any other shape (block-wise scales, for one).
+    pub fn per_row(weight_shape: &[u64], scale_dtype: Dtype, scale_shape: &[u64]) -> Option<bool> {
+        if !matches!(scale_dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+            return None;
+        }
+        let rows = RowLayout::of(weight_shape)?.rows;
+        match scale_shape {
+            [] | [1] => Some(false),
+            [n] | [n, 1] if weight_shape.len() >= 2 && *n == rows => Some(true),
+            _ => None,
+        }
+    }
+
+    /// The scales of a weight of `weight_shape`, read from the stored scale tensor.
+    ///
+    /// # Errors
+    /// [`TensorError::ScaleLayout`] when [`Scales::per_row`] does not understand the scale tensor,
+    /// [`TensorError::Decode`] when `bytes` does not hold it.
+    pub fn from_tensor(
+        weight_shape: &[u64],
+        scale_dtype: Dtype,
+        scale_shape: &[u64],
+        bytes: &[u8],
+    ) -> Result<Scales, TensorError> {
+        let layout = || TensorError::ScaleLayout { dtype: scale_dtype.as_str(), shape: scale_shape.to_vec() };
+        let per_row = Scales::per_row(weight_shape, scale_dtype, scale_shape).ok_or_else(layout)?;
+        let mut values = vec![0f32; bytes.len() / scale_dtype.size() as usize];
+        decode_f32(scale_dtype, bytes, &mut values)?;
+        let expected = scale_shape.iter().product::<u64>();
+        if values.len() as u64 != expected {
+            return Err(layout());
+        }
+        Ok(if per_row {
+            Scales::PerRow(values)
+        } else {
+            Scales::PerTensor(values.first().copied().unwrap_or(f32::NAN))
+        })
+    }
 }
 
 /// Moments, sketch and samples of a stream of values, fed in row-major order.
@@ -235,9 +280,17 @@ impl Decoder<'_> {
             None => {}
             Some(Scales::PerTensor(s)) => self.buf.iter_mut().for_each(|v| *v *= s),
             Some(Scales::PerRow(scales)) => {
-                for (i, v) in self.buf.iter_mut().enumerate() {
-                    let row = (element + i as u64) / self.row_len;
-                    *v *= scales.get(row as usize).copied().unwrap_or(f32::NAN);
+                // One multiplier per run of the segment that lies in one row (the whole segment when the tensor
+                // is sketched, since segments then end at row ends).
+                let mut e = element;
+                let mut rest = &mut self.buf[..];
+                while !rest.is_empty() {
+                    let take = ((self.row_len - e % self.row_len) as usize).min(rest.len());
+                    let s = scales.get((e / self.row_len) as usize).copied().unwrap_or(f32::NAN);
+                    let (head, tail) = rest.split_at_mut(take);
+                    head.iter_mut().for_each(|v| *v *= s);
+                    rest = tail;
+                    e += take as u64;
                 }
             }
         }
@@ -705,6 +758,22 @@ mod tests {
         let sig = acc.finish().expect("complete");
         assert_eq!(sig.samples, reference.samples);
         assert_eq!(sig.sketch, reference.sketch);
+    }
+
+    #[test]
+    fn scales_are_read_from_scale_tensors_of_known_layouts() {
+        let bytes = f32_bytes(&[0.5, 0.25]);
+        assert_eq!(Scales::from_tensor(&[2, 3], Dtype::F32, &[2, 1], &bytes), Ok(Scales::PerRow(vec![0.5, 0.25])));
+        assert_eq!(Scales::from_tensor(&[2, 3], Dtype::F32, &[2], &bytes), Ok(Scales::PerRow(vec![0.5, 0.25])));
+        assert_eq!(Scales::from_tensor(&[2, 3], Dtype::F32, &[], &bytes[..4]), Ok(Scales::PerTensor(0.5)));
+        assert_eq!(Scales::from_tensor(&[2, 3], Dtype::BF16, &[1], &bf16_bytes(&[2.0])), Ok(Scales::PerTensor(2.0)));
+        let layout = |dtype: &'static str, shape: &[u64]| TensorError::ScaleLayout { dtype, shape: shape.to_vec() };
+        // Block-wise scales, integer scales, per-row scales of a vector, and a shape the bytes do not hold.
+        assert_eq!(Scales::from_tensor(&[4, 4], Dtype::F32, &[2, 2], &[0; 16]), Err(layout("F32", &[2, 2])));
+        assert_eq!(Scales::from_tensor(&[2, 3], Dtype::I32, &[2], &[0; 8]), Err(layout("I32", &[2])));
+        assert_eq!(Scales::from_tensor(&[2], Dtype::F32, &[2], &bytes), Err(layout("F32", &[2])));
+        assert_eq!(Scales::from_tensor(&[2, 3], Dtype::F32, &[2, 1], &bytes[..4]), Err(layout("F32", &[2, 1])));
+        assert!(matches!(Scales::from_tensor(&[2, 3], Dtype::F32, &[2], &bytes[..5]), Err(TensorError::Decode(_))));
     }
 
     #[test]

@@ -10,9 +10,14 @@
 //!   two-sided CountSketch ([`sketch`]) and seeded samples, with optional dequantisation; [`adapter`] does the
 //!   same for the `B·A` update of a LoRA adapter. The hot loops live in `kernel`, dispatched to AVX2 at run
 //!   time and bit-for-bit identical on every CPU.
+//! - [`plan`](mod@plan) decides from the headers alone what a model's signature holds (which tensors are
+//!   dequantised, which LoRA pairs become deltas), for every reader.
 //! - [`reader`] signs local files: [`sign_files`] for one model in one or more safetensors files,
 //!   [`sign_model_dir`] for a directory (single file, sharded with an index, or a PEFT adapter), reading
 //!   through the narrow [`mmap`] wrapper, in parallel over tensors.
+//!
+//! - [`source`] signs from any [`ByteSource`] through a [`SignPlan`]: the list of byte ranges a signature
+//!   needs, fed to the same accumulators; the Hub client's ranged reads use it.
 //!
 //! **Invariant:** no network IO and no SQL here. The only `unsafe` code of the project is the file mapping in
 //! [`mmap`].
@@ -27,8 +32,10 @@ pub mod layout;
 pub mod mmap;
 pub mod model;
 pub mod moments;
+pub mod plan;
 pub mod reader;
 pub mod sketch;
+pub mod source;
 
 #[cfg(test)]
 mod corpus;
@@ -42,6 +49,11 @@ pub use header::{Header, HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
 pub use index::{IndexError, ShardIndex, parse_index};
 pub use layout::{RowLayout, selected_row_blocks};
 pub use model::{Dtype, ModelSignature, Moments, SCHEME_VERSION, Scheme, Sketch, TensorSignature, ValueSource};
+pub use plan::{Job, PlanError, TensorRef, plan};
 pub use reader::{
     AdapterConfigError, FileError, FileUsed, Layout, ModelDir, SignError, SignOptions, sign_files, sign_model_dir,
+};
+pub use source::{
+    ByteSource, DirLayout, IndexMismatch, LayoutError, MappedSource, Read, ReadLimits, RunError, SignPlan, SourcePlanError,
+    check_index, choose_layout, parse_adapter_config,
 };

@@ -15,12 +15,11 @@ use rayon::prelude::*;
 
 use crate::accumulate::{Scales, SchemeError, TensorAccumulator, TensorError, validate_scheme};
 use crate::adapter::{LoraConfig, TensorBytes, lora_delta_signature};
-use crate::decode::decode_f32;
 use crate::header::{HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
 use crate::index::{IndexError, MAX_INDEX_LEN, ShardIndex, parse_index};
-use crate::layout::RowLayout;
 use crate::mmap::MappedFile;
-use crate::model::{Dtype, ModelSignature, Scheme, TensorSignature};
+use crate::model::{ModelSignature, Scheme, TensorSignature};
+use crate::plan::{self, PlanError, TensorRef, plan};
 
 /// Most bytes of tensor data mapped at once per task. Large enough that mapping costs vanish next to the work,
 /// small enough that `threads × window` is a modest resident set.
@@ -28,9 +27,6 @@ pub const WINDOW_BYTES: u64 = 8 << 20;
 
 /// Largest `adapter_config.json` read (real ones are under 2 KiB).
 pub const MAX_ADAPTER_CONFIG_LEN: u64 = 1 << 20;
-
-/// The prefix PEFT puts before module names in adapter files; removed from canonical names.
-const PEFT_PREFIX: &str = "base_model.model.";
 
 /// How to sign.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -180,88 +176,33 @@ fn open(path: &Path) -> Result<Opened, SignError> {
     Ok(Opened { path: path.to_owned(), map, data_start: header.data_start, tensors: header.tensors })
 }
 
-/// Opens and parses every file, rejecting tensor names found in two files.
+/// Opens and parses every file.
 fn open_all(paths: &[PathBuf]) -> Result<Vec<Opened>, SignError> {
     if paths.is_empty() {
         return Err(SignError::NoFiles);
     }
-    let files = paths.iter().map(|p| open(p)).collect::<Result<Vec<_>, _>>()?;
-    let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
-    for f in &files {
-        for t in &f.tensors {
-            if let Some(first) = seen.insert(&t.name, &f.path) {
-                return Err(SignError::DuplicateTensor {
-                    name: t.name.clone(),
-                    first: first.to_owned(),
-                    second: f.path.clone(),
-                });
-            }
-        }
-    }
-    Ok(files)
+    paths.iter().map(|p| open(p)).collect()
 }
 
-fn canonical(name: &str) -> &str {
-    name.strip_prefix(PEFT_PREFIX).unwrap_or(name)
-}
-
-/// How a quantised weight's scales apply, if the scale tensor has a shape we understand.
-fn scale_kind(weight: &TensorInfo, scale: &TensorInfo) -> Option<bool> {
-    if !matches!(scale.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
-        return None;
-    }
-    let rows = RowLayout::of(&weight.shape)?.rows;
-    match scale.shape.as_slice() {
-        [] | [1] => Some(false),
-        [n] | [n, 1] if weight.shape.len() >= 2 && *n == rows => Some(true),
-        _ => None,
-    }
-}
-
-/// Decides what is signed: every stored tensor (canonically named), plus dequantised weights and LoRA deltas.
-fn plan<'a>(files: &'a [Opened], opts: &SignOptions) -> Result<Vec<Job<'a>>, SignError> {
-    let mut by_name: BTreeMap<&str, Stored<'a>> = BTreeMap::new();
-    for file in files {
-        for info in &file.tensors {
-            let stored = Stored { file, info };
-            if let Some(first) = by_name.insert(canonical(&info.name), stored) {
-                return Err(SignError::DuplicateTensor {
-                    name: canonical(&info.name).to_owned(),
-                    first: first.file.path.clone(),
-                    second: file.path.clone(),
-                });
+/// Resolves the planned jobs to the opened files, or maps a planning error to the files' paths.
+fn plan_jobs<'a>(files: &'a [Opened], opts: &SignOptions) -> Result<Vec<Job<'a>>, SignError> {
+    let headers: Vec<&[TensorInfo]> = files.iter().map(|f| f.tensors.as_slice()).collect();
+    let stored = |r: TensorRef| Stored { file: &files[r.file], info: &files[r.file].tensors[r.tensor] };
+    let jobs = plan(&headers, opts.dequantize).map_err(|e| match e {
+        PlanError::DuplicateTensor { name, first, second } => {
+            SignError::DuplicateTensor { name, first: files[first].path.clone(), second: files[second].path.clone() }
+        }
+    })?;
+    Ok(jobs
+        .into_iter()
+        .map(|job| match job {
+            plan::Job::Stored { name, tensor } => Job::Plain { name, t: stored(tensor) },
+            plan::Job::Dequantized { name, weight, scale } => {
+                Job::Dequant { name, t: stored(weight), scale: stored(scale) }
             }
-        }
-    }
-    let mut jobs = Vec::with_capacity(by_name.len());
-    for (&name, &t) in &by_name {
-        let scale = opts
-            .dequantize
-            .then(|| by_name.get(format!("{name}_scale").as_str()))
-            .flatten()
-            .filter(|_| name.ends_with(".weight") && matches!(t.info.dtype, Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2))
-            // An asymmetric scheme (zero points) needs more than `q × scale`: sign such weights as stored.
-            .filter(|_| !by_name.contains_key(format!("{name}_zero_point").as_str()))
-            .filter(|s| scale_kind(t.info, s.info).is_some());
-        match scale {
-            Some(&scale) => jobs.push(Job::Dequant { name: name.to_owned(), t, scale }),
-            None => jobs.push(Job::Plain { name: name.to_owned(), t }),
-        }
-        if let Some(module) = name.strip_suffix(".lora_A.weight")
-            && let Some(&b) = by_name.get(format!("{module}.lora_B.weight").as_str())
-        {
-            let delta = format!("{module}.weight");
-            if let Some(existing) = by_name.get(delta.as_str()) {
-                return Err(SignError::DuplicateTensor {
-                    name: delta,
-                    first: existing.file.path.clone(),
-                    second: t.file.path.clone(),
-                });
-            }
-            jobs.push(Job::Lora { name: delta, a: t, b });
-        }
-    }
-    Ok(jobs)
+            plan::Job::LoraDelta { name, a, b } => Job::Lora { name, a: stored(a), b: stored(b) },
+        })
+        .collect())
 }
 
 fn tensor_error(t: Stored<'_>, source: TensorError) -> SignError {
@@ -285,7 +226,7 @@ fn feed(acc: &mut TensorAccumulator, t: Stored<'_>) -> Result<(), SignError> {
         while row < block.end {
             let rows = rows_per_window.min(block.end - row);
             let window =
-                t.file.map.window(base + row * row_bytes, rows * row_bytes, true).map_err(|e| map_error(t, e))?;
+                t.file.map.window(base + row * row_bytes, rows * row_bytes, false).map_err(|e| map_error(t, e))?;
             acc.feed_rows(row, &window).map_err(|e| tensor_error(t, e))?;
             row += rows;
         }
@@ -293,13 +234,9 @@ fn feed(acc: &mut TensorAccumulator, t: Stored<'_>) -> Result<(), SignError> {
     Ok(())
 }
 
-/// All the bytes of a (small) tensor, decoded to `f32`.
-fn read_f32(t: Stored<'_>) -> Result<Vec<f32>, SignError> {
-    let window =
-        t.file.map.window(t.file.data_start + t.info.begin, t.info.byte_len(), false).map_err(|e| map_error(t, e))?;
-    let mut out = vec![0f32; window.len() / t.info.dtype.size() as usize];
-    decode_f32(t.info.dtype, &window, &mut out).map_err(|e| tensor_error(t, e.into()))?;
-    Ok(out)
+/// All the bytes of a tensor, mapped (small tensors: scales and LoRA factors).
+fn whole(t: Stored<'_>) -> Result<crate::mmap::Window, SignError> {
+    t.file.map.window(t.file.data_start + t.info.begin, t.info.byte_len(), false).map_err(|e| map_error(t, e))
 }
 
 fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSignature, SignError> {
@@ -311,23 +248,14 @@ fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSigna
             acc.finish().map_err(|e| tensor_error(*t, e))
         }
         Job::Dequant { name, t, scale } => {
-            let values = read_f32(*scale)?;
-            let scales = match scale_kind(t.info, scale.info) {
-                Some(true) => Scales::PerRow(values),
-                _ => Scales::PerTensor(values.first().copied().unwrap_or(f32::NAN)),
-            };
+            let scales = Scales::from_tensor(&t.info.shape, scale.info.dtype, &scale.info.shape, &whole(*scale)?)
+                .map_err(|e| tensor_error(*scale, e))?;
             let mut acc = TensorAccumulator::dequantized(scheme, name, t.info.dtype, &t.info.shape, scales)
                 .map_err(|e| tensor_error(*t, e))?;
             feed(&mut acc, *t)?;
             acc.finish().map_err(|e| tensor_error(*t, e))
         }
         Job::Lora { name, a, b } => {
-            let whole = |s: Stored<'_>| {
-                s.file
-                    .map
-                    .window(s.file.data_start + s.info.begin, s.info.byte_len(), true)
-                    .map_err(|e| map_error(s, e))
-            };
             let (wa, wb) = (whole(*a)?, whole(*b)?);
             let r = a.info.shape.first().copied().unwrap_or(1);
             let scaling = opts.lora.map_or(1.0, |l| l.scaling(r));
@@ -339,7 +267,7 @@ fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSigna
 }
 
 fn execute(files: &[Opened], scheme: &Scheme, opts: &SignOptions) -> Result<ModelSignature, SignError> {
-    let mut jobs = plan(files, opts)?;
+    let mut jobs = plan_jobs(files, opts)?;
     // Largest first, so the biggest tensor does not start last and leave the other threads idle.
     jobs.sort_by_key(|j| std::cmp::Reverse(j.cost()));
     let mut tensors = jobs.par_iter().map(|j| run(j, scheme, opts)).collect::<Result<Vec<_>, _>>()?;
@@ -509,7 +437,7 @@ pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result
 mod tests {
     use super::*;
     use crate::corpus::{Tensor, bf16_bytes, cases, f32_bytes, safetensors_file, values};
-    use crate::model::ValueSource;
+    use crate::model::{Dtype, ValueSource};
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);

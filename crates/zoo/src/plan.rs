@@ -484,7 +484,7 @@ pub fn arch_for(size: Size) -> Arch {
 pub fn build(size: Size, seed: u64) -> Plan {
     let arch = arch_for(size);
     let (roots, root_steps, ft_steps, batch, ft_batch) = match size {
-        Size::Small => (3, 1500, (200, 350), 32, 16),
+        Size::Small => (3, 1500, (150, 300), 32, 16),
         Size::Bench => (6, 3000, (250, 500), 32, 16),
         Size::Tiny => (3, 6, (50, 50), 4, 4),
     };

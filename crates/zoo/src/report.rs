@@ -175,7 +175,11 @@ pub fn report(dir: &Path) -> Result<String> {
         "  end of pre-training by kind (mean over roots): {}",
         by_kind
             .iter()
-            .map(|(k, v)| format!("{} {:.2}", k.trim_end_matches("_proj"), v.iter().sum::<f64>() / v.len().max(1) as f64))
+            .map(|(k, v)| format!(
+                "{} {:.2}",
+                k.trim_end_matches("_proj"),
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     )?;
