@@ -11,7 +11,7 @@ use lineage::{Edge, Method, Recovery};
 use signature::Scheme;
 use store::{RunKind, RunStatus, Store};
 
-use crate::{output, scan, solve};
+use crate::{crawl, output, scan, solve};
 
 pub fn open_store(db: &Path) -> anyhow::Result<Store> {
     if let Some(parent) = db.parent()
@@ -30,7 +30,13 @@ fn open_existing(db: &Path) -> anyhow::Result<Store> {
     open_store(db)
 }
 
-pub fn scan(db: &Path, roots: &[std::path::PathBuf], scheme: &Scheme, method: Method, json: bool) -> anyhow::Result<ExitCode> {
+pub fn scan(
+    db: &Path,
+    roots: &[std::path::PathBuf],
+    scheme: &Scheme,
+    method: Method,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let mut store = open_store(db)?;
     let stats = scan_into(&mut store, roots, scheme, method)?;
     if json {
@@ -63,17 +69,33 @@ pub fn scan_into(
         for root in roots {
             scan::scan_root(store, root, scheme, &mut stats)?;
         }
-        let input = solve_input_fingerprint(store, scheme, method)?;
-        if store.get_checkpoint(SOLVED_INPUT).context("cannot read a checkpoint")?.as_deref() != Some(input.as_str()) {
-            let n = solve::recover_and_store(store, run, scheme, method)?;
-            store.set_checkpoint(SOLVED_INPUT, &input).context("cannot write a checkpoint")?;
-            tracing::info!(edges = n, method = solve::method_name(method), "lineage solved");
-        }
+        solve_if_needed(store, run, scheme, method)?;
         Ok::<_, anyhow::Error>(())
     })();
     let status = if result.is_ok() { RunStatus::Ok } else { RunStatus::Failed };
     store.finish_run(run, status, Some(&stats.to_json().to_string())).context("cannot finish the run")?;
     result.map(|()| stats)
+}
+
+/// Re-solves lineage unless the current edges were solved from exactly the indexed models, scheme and method
+/// there are now. Returns the number of edges when it solved.
+///
+/// # Errors
+/// When the store cannot be read or written.
+pub fn solve_if_needed(
+    store: &mut Store,
+    run: store::RunId,
+    scheme: &Scheme,
+    method: Method,
+) -> anyhow::Result<Option<usize>> {
+    let input = solve_input_fingerprint(store, scheme, method)?;
+    if store.get_checkpoint(SOLVED_INPUT).context("cannot read a checkpoint")?.as_deref() == Some(input.as_str()) {
+        return Ok(None);
+    }
+    let n = solve::recover_and_store(store, run, scheme, method)?;
+    store.set_checkpoint(SOLVED_INPUT, &input).context("cannot write a checkpoint")?;
+    tracing::info!(edges = n, method = solve::method_name(method), "lineage solved");
+    Ok(Some(n))
 }
 
 /// Checkpoint key: the fingerprint of the models, scheme and method the current edges were solved from.
@@ -97,6 +119,57 @@ fn solve_input_fingerprint(store: &Store, scheme: &Scheme, method: Method) -> an
         }
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+pub async fn crawl(
+    db: &Path,
+    options: &crawl::CrawlOptions,
+    scheme: &Scheme,
+    method: Method,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut store = open_store(db)?;
+    let stats = crawl::crawl(&mut store, options, scheme, method).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats.to_json())?);
+    } else {
+        println!("{}", stats.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn hub_serve(
+    root: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    page_size: usize,
+    fault_seed: u64,
+    fault_rate: f64,
+) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&fault_rate) {
+        bail!("--fault-rate must be between 0 and 1");
+    }
+    let mut config = hubsim::ServerConfig::new(root);
+    config.addr = addr;
+    config.cdn_addr = std::net::SocketAddr::new(addr.ip(), 0);
+    config.page_size = page_size.max(1);
+    // One knob for people; the share is split over the fault kinds the crawler must survive.
+    config.faults = hubsim::FaultConfig {
+        seed: fault_seed,
+        p_5xx: fault_rate / 2.0,
+        p_reset_mid_body: fault_rate / 6.0,
+        p_truncate: fault_rate / 6.0,
+        p_expire_url: fault_rate / 6.0,
+        ..hubsim::FaultConfig::default()
+    };
+    let server = hubsim::Server::bind(config).await.context("cannot start the server")?;
+    println!("serving on http://{} (CDN on {}); Ctrl-C stops", server.local_addr(), server.cdn_addr());
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("the server failed")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn tree(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -133,14 +206,28 @@ pub fn lineage(db: &Path, model: &str, json: bool) -> anyhow::Result<ExitCode> {
             println!("  (none among the models seen)");
         }
         for e in &ancestors {
-            println!("  {} ─{}→ {}  ({:.2}, {})", e.parent, e.relation.as_str(), e.child, e.confidence, e.source.as_str());
+            println!(
+                "  {} ─{}→ {}  ({:.2}, {})",
+                e.parent,
+                e.relation.as_str(),
+                e.child,
+                e.confidence,
+                e.source.as_str()
+            );
         }
         println!("descendants:");
         if descendants.is_empty() {
             println!("  (none)");
         }
         for e in &descendants {
-            println!("  {} ─{}→ {}  ({:.2}, {})", e.parent, e.relation.as_str(), e.child, e.confidence, e.source.as_str());
+            println!(
+                "  {} ─{}→ {}  ({:.2}, {})",
+                e.parent,
+                e.relation.as_str(),
+                e.child,
+                e.confidence,
+                e.source.as_str()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -193,7 +280,13 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<lineage::eval::Truth>> {
         .collect()
 }
 
-pub fn eval(db: &Path, truth_path: &Path, scheme: &Scheme, methods: &[Option<Method>], json: bool) -> anyhow::Result<ExitCode> {
+pub fn eval(
+    db: &Path,
+    truth_path: &Path,
+    scheme: &Scheme,
+    methods: &[Option<Method>],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let truth = read_truth(truth_path)?;
     let store = open_existing(db)?;
     let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();

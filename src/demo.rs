@@ -1,5 +1,6 @@
 //! `demo`: the embedded default. Unpacks the bundled small zoo (really trained tiny Llama trees, see
-//! `tests/zoo-small`), indexes it, prints the recovered forest and scores it against the zoo's ground truth.
+//! `tests/zoo-small`), serves it as a Hub on loopback, crawls it, prints the recovered forest and scores it
+//! against the zoo's ground truth.
 //! No network and no setup: the zoo is compiled into the binary by `build.rs`.
 
 use std::{path::Path, process::ExitCode};
@@ -8,7 +9,7 @@ use anyhow::{Context, bail};
 use lineage::Method;
 use signature::Scheme;
 
-use crate::{commands, output, solve};
+use crate::{commands, crawl, output, solve};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/zoo_small.rs"));
@@ -32,24 +33,42 @@ fn unpack(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> anyhow::Result<ExitCode> {
+pub async fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
     let work = keep.unwrap_or(tmp.path());
     let zoo = work.join("zoo");
     unpack(&zoo)?;
     let db_path = db.map(Path::to_path_buf).unwrap_or_else(|| work.join("demo.db"));
-    println!("modeltree demo: {} files of the bundled small zoo unpacked to {}", embedded::ZOO_SMALL.len(), zoo.display());
+    println!(
+        "modeltree demo: {} files of the bundled small zoo unpacked to {}",
+        embedded::ZOO_SMALL.len(),
+        zoo.display()
+    );
+
+    // The zoo is served by the Hub-compatible server on loopback and crawled like the real Hub, reading only
+    // the row blocks the default fetch fraction selects.
+    let server = hubsim::spawn(hubsim::ServerConfig::new(&zoo)).await.context("cannot start the loopback Hub")?;
+    println!("serving it as a Hub on {}", server.url());
+    let options = crawl::CrawlOptions {
+        endpoint: server.url(),
+        author: None,
+        search: None,
+        filter: Vec::new(),
+        limit: None,
+        full: false,
+        concurrency: 4,
+        tier: hub::Tier::Anonymous,
+        requests_in_flight: 8,
+        allow_non_loopback_redirects: false,
+    };
     let mut store = commands::open_store(&db_path)?;
     let started = std::time::Instant::now();
-    let stats = commands::scan_into(&mut store, std::slice::from_ref(&zoo), scheme, Method::Default)?;
-    println!(
-        "indexed {} models ({} failed, {} read) into {} in {:.1} s\n",
-        stats.new + stats.changed + stats.unchanged,
-        stats.failed,
-        output::bytes(stats.bytes_read),
-        db_path.display(),
-        started.elapsed().as_secs_f64()
-    );
+    let stats = crawl::crawl(&mut store, &options, scheme, Method::Default).await;
+    server.shutdown().await;
+    let stats = stats?;
+    println!("crawled into {} in {:.1} s:", db_path.display(), started.elapsed().as_secs_f64());
+    println!("{}\n", stats.summary());
+
     let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();
     let edges = solve::from_records(&store.current_edges()?);
     println!("recovered forest (relation, confidence, evidence):");

@@ -5,6 +5,7 @@
 
 mod commands;
 mod config;
+mod crawl;
 mod demo;
 mod discover;
 mod meta;
@@ -41,6 +42,43 @@ enum Command {
         method: Option<MethodArg>,
         #[arg(long)]
         json: bool,
+    },
+    /// One pass over a Hub endpoint: list, sign new or changed repos from HTTP ranges, store, re-solve lineage.
+    Crawl {
+        /// The Hub's base URL (the real one is https://huggingface.co).
+        #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
+        endpoint: String,
+        #[arg(long)]
+        author: Option<String>,
+        #[arg(long)]
+        search: Option<String>,
+        /// A tag to filter on (repeatable).
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Most models listed.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Share of each tensor's row blocks read (default: the configured `signature.row_fraction`).
+        #[arg(long)]
+        fetch_fraction: Option<f64>,
+        /// Download whole files into the Hugging Face cache and sign them from disk.
+        #[arg(long)]
+        full: bool,
+        /// Models signed at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Rate-limit tier whose budgets the crawler keeps to.
+        #[arg(long, value_enum, default_value_t = TierArg::Anonymous)]
+        tier: TierArg,
+        #[arg(long, value_enum)]
+        method: Option<MethodArg>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A Hub-compatible server over a folder of Hub-style repos (tests, air-gapped mirrors).
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
     },
     /// Print the recovered forest.
     Tree {
@@ -83,6 +121,33 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Serve DIR (`DIR/org/name/…`) with the Hub's routes, headers, pagination, quotas and errors.
+    Serve {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Listing page size (the Hub's is 1000).
+        #[arg(long, default_value_t = 1000)]
+        page_size: usize,
+        /// Seed for fault injection; with `--fault-rate` > 0, that share of requests fails (5xx, resets,
+        /// truncated bodies, expired URLs), deterministically for the seed.
+        #[arg(long, default_value_t = 0)]
+        fault_seed: u64,
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TierArg {
+    Anonymous,
+    Free,
+    Pro,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +201,45 @@ fn main() -> ExitCode {
         Command::Scan { roots, method, json } => {
             commands::scan(&db, &roots, &scheme, method.map_or(config.method, Into::into), json)
         }
+        Command::Crawl {
+            endpoint,
+            author,
+            search,
+            filter,
+            limit,
+            fetch_fraction,
+            full,
+            concurrency,
+            tier,
+            method,
+            json,
+        } => {
+            let mut scheme = scheme;
+            if let Some(f) = fetch_fraction {
+                scheme.row_fraction = f;
+            }
+            let options = crawl::CrawlOptions {
+                endpoint,
+                author,
+                search,
+                filter,
+                limit,
+                full,
+                concurrency,
+                tier: match tier {
+                    TierArg::Anonymous => hub::Tier::Anonymous,
+                    TierArg::Free => hub::Tier::Free,
+                    TierArg::Pro => hub::Tier::Pro,
+                },
+                requests_in_flight: 8,
+                allow_non_loopback_redirects: true,
+            };
+            let method = method.map_or(config.method, Into::into);
+            runtime().and_then(|rt| rt.block_on(commands::crawl(&db, &options, &scheme, method, json)))
+        }
+        Command::Hub { command: HubCommand::Serve { root, addr, page_size, fault_seed, fault_rate } } => {
+            runtime().and_then(|rt| rt.block_on(commands::hub_serve(root, addr, page_size, fault_seed, fault_rate)))
+        }
         Command::Tree { json } => commands::tree(&db, json),
         Command::Lineage { model, json } => commands::lineage(&db, &model, json),
         Command::Export { format: ExportFormat::Json, out } => commands::export_json(&db, out.as_deref()),
@@ -152,7 +256,9 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_TOML);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { keep } => demo::run(cli.db.as_deref(), keep.as_deref(), &scheme),
+        Command::Demo { keep } => {
+            runtime().and_then(|rt| rt.block_on(demo::run(cli.db.as_deref(), keep.as_deref(), &scheme)))
+        }
     };
     match result {
         Ok(code) => code,
@@ -168,6 +274,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELTREE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Only the binary builds a runtime, and only for the commands that do network IO.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into)
 }
 
 fn default_db_path() -> PathBuf {

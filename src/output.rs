@@ -168,7 +168,8 @@ pub fn score_table(rows: &[(String, Score)]) -> String {
     }
     for (label, s) in rows {
         let _ = writeln!(out, "\nper relation, {label}:");
-        let _ = writeln!(out, "  {:<10} {:>4} {:>4} {:>4} {:>7} {:>7} {:>7}", "relation", "tp", "fp", "fn", "P", "R", "F1");
+        let _ =
+            writeln!(out, "  {:<10} {:>4} {:>4} {:>4} {:>7} {:>7} {:>7}", "relation", "tp", "fp", "fn", "P", "R", "F1");
         for r in &s.per_relation {
             let _ = writeln!(
                 out,

@@ -37,7 +37,12 @@ pub fn recover(store: &Store, scheme: &Scheme, method: Method) -> anyhow::Result
 ///
 /// # Errors
 /// When the store cannot be read or written.
-pub fn recover_and_store(store: &mut Store, run: store::RunId, scheme: &Scheme, method: Method) -> anyhow::Result<usize> {
+pub fn recover_and_store(
+    store: &mut Store,
+    run: store::RunId,
+    scheme: &Scheme,
+    method: Method,
+) -> anyhow::Result<usize> {
     let recovery = recover(store, scheme, method)?;
     let edges: Vec<EdgeRecord> = recovery.edges.iter().map(to_record).collect();
     store.replace_edges(run, method_name(method), &edges).context("cannot store edges")?;

@@ -57,7 +57,14 @@ fn snapshot(db: &Path) -> String {
     let mut edges = store.current_edges().expect("edges");
     edges.sort_by(|a, b| (&a.child, &a.parent).cmp(&(&b.child, &b.parent)));
     for e in &edges {
-        out.push_str(&format!("{} -> {} {} {:.6} {}\n", e.parent, e.child, e.relation, e.confidence, e.source.as_str()));
+        out.push_str(&format!(
+            "{} -> {} {} {:.6} {}\n",
+            e.parent,
+            e.child,
+            e.relation,
+            e.confidence,
+            e.source.as_str()
+        ));
     }
     out
 }
@@ -97,8 +104,13 @@ fn killed_scan_resumes_to_the_same_store() {
     let killed = tmp.path().join("killed.db");
     let mut kills = 0;
     for fraction in [0.05, 0.3, 0.15, 0.5, 0.1, 0.4, 0.2, 0.6, 0.25, 0.35] {
-        let mut child =
-            modeltree(&killed).arg("scan").arg(&corpus).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+        let mut child = modeltree(&killed)
+            .arg("scan")
+            .arg(&corpus)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
         std::thread::sleep(clean_time.mul_f64(fraction));
         if child.try_wait().expect("try_wait").is_some() {
             break;

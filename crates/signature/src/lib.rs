@@ -54,6 +54,6 @@ pub use reader::{
     AdapterConfigError, FileError, FileUsed, Layout, ModelDir, SignError, SignOptions, sign_files, sign_model_dir,
 };
 pub use source::{
-    ByteSource, DirLayout, IndexMismatch, LayoutError, MappedSource, Read, ReadLimits, RunError, SignPlan, SourcePlanError,
-    check_index, choose_layout, parse_adapter_config,
+    ByteSource, DirLayout, IndexMismatch, LayoutError, MappedSource, Read, ReadLimits, RunError, SignPlan,
+    SourcePlanError, check_index, choose_layout, parse_adapter_config,
 };

@@ -347,23 +347,29 @@ fn whole_piece(
     Ok(())
 }
 
-/// Groups consecutive pieces into reads: same file, forward, gap at most `max_gap`, total at most `max_read`
-/// (a piece longer than that is a read of its own).
+/// Groups consecutive pieces into reads: same file, forward, total at most `max_read` (a piece longer than that
+/// is a read of its own), and either adjacent or separated by at most `max_gap` bytes that no earlier read
+/// fetched (a scale tensor read out of order must not make the next read fetch its neighbours again).
 fn coalesce(pieces: &[Piece], file_of: impl Fn(&Piece) -> usize, limits: ReadLimits) -> Vec<Fetch> {
     let mut fetches: Vec<Fetch> = Vec::new();
+    // Per file, the furthest byte fetched by the reads before the last one.
+    let mut high_water: BTreeMap<usize, u64> = BTreeMap::new();
     for (i, p) in pieces.iter().enumerate() {
         let file = file_of(p);
         if let Some(last) = fetches.last_mut() {
             let r = &last.read.range;
+            let at_frontier = high_water.get(&file).is_none_or(|&hw| r.end >= hw);
             let joins = last.read.file == file
                 && p.range.start >= r.end
-                && p.range.start - r.end <= limits.max_gap
+                && (p.range.start == r.end || (p.range.start - r.end <= limits.max_gap && at_frontier))
                 && p.range.end - r.start <= limits.max_read;
             if joins {
                 last.read.range.end = p.range.end;
                 last.pieces.end = i + 1;
                 continue;
             }
+            let hw = high_water.entry(last.read.file).or_insert(0);
+            *hw = (*hw).max(last.read.range.end);
         }
         fetches.push(Fetch { read: Read { file, range: p.range.clone() }, pieces: i..i + 1 });
     }
@@ -688,8 +694,10 @@ mod tests {
     fn every_split_gives_the_parallel_readers_signature() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (first, second) = model();
-        let paths =
-            [write(dir.path(), "a.safetensors", &safetensors_file(&first)), write(dir.path(), "b.safetensors", &safetensors_file(&second))];
+        let paths = [
+            write(dir.path(), "a.safetensors", &safetensors_file(&first)),
+            write(dir.path(), "b.safetensors", &safetensors_file(&second)),
+        ];
         let lora = Some(LoraConfig { alpha: 16.0, use_rslora: false });
         for fraction in [1.0, 0.25, 0.02] {
             let scheme = Scheme { row_fraction: fraction, sketch_k: 16, samples: 200, ..Scheme::default() };

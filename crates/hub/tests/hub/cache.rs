@@ -1,0 +1,90 @@
+//! Whole-file downloads into the Hugging Face cache layout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hub::{Commit, HfCache, HubClient, HubError, RepoId};
+
+use crate::support::{Reply, TestServer, Zoo, config, zoo_root};
+
+#[tokio::test]
+async fn downloads_land_in_the_hugging_face_layout() {
+    let zoo = Arc::new(Zoo::load(&zoo_root()));
+    let served = Arc::clone(&zoo);
+    let server = TestServer::start(move |req, base| served.handle(req, base)).await;
+    let client = HubClient::new(config(&server.url())).expect("client");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = HfCache::new(dir.path());
+    let repo = zoo.repo("quokka-research/quokka-base");
+    let (id, commit) = (RepoId::parse(&repo.id).expect("id"), Commit::parse(&repo.sha).expect("commit"));
+    for name in ["model-00001-of-00002.safetensors", "config.json"] {
+        let path = cache.download(&client, &id, &commit, name).await.expect("downloaded");
+        let file = &repo.files[name];
+        assert_eq!(path, dir.path().join("models--quokka-research--quokka-base/snapshots").join(&repo.sha).join(name));
+        assert_eq!(std::fs::read(&path).expect("readable"), file.bytes.as_slice());
+        let link = std::fs::read_link(&path).expect("a symlink");
+        let blob_name = if file.lfs { file.sha256.clone() } else { file.sha256[..40].to_owned() };
+        assert_eq!(link, std::path::Path::new("../../blobs").join(&blob_name));
+        assert!(dir.path().join("models--quokka-research--quokka-base/blobs").join(&blob_name).is_file());
+    }
+    cache.set_ref(&id, "main", &commit).await.expect("ref");
+    let refs = dir.path().join("models--quokka-research--quokka-base/refs/main");
+    assert_eq!(std::fs::read_to_string(refs).expect("ref file"), repo.sha);
+    // A second download finds the blob and fetches nothing.
+    let cdn = server.count(|q| q.path().starts_with("/cdn/"));
+    cache.download(&client, &id, &commit, "model-00001-of-00002.safetensors").await.expect("cached");
+    assert_eq!(server.count(|q| q.path().starts_with("/cdn/")), cdn);
+    // Nothing temporary is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models--quokka-research--quokka-base/blobs"))
+        .expect("blobs")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".incomplete"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[tokio::test]
+async fn a_cut_download_resumes_and_a_wrong_one_is_discarded() {
+    let zoo = Arc::new(Zoo::load(&zoo_root()));
+    let served = Arc::clone(&zoo);
+    let count = AtomicUsize::new(0);
+    let server = TestServer::start(move |req, base| {
+        let reply = served.handle(req, base);
+        if req.path().starts_with("/cdn/") && count.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply { cut_after: Some(1000), ..reply };
+        }
+        reply
+    })
+    .await;
+    let client = HubClient::new(config(&server.url())).expect("client");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = HfCache::new(dir.path());
+    let repo = zoo.repo("bitforge/bf-pico");
+    let (id, commit) = (RepoId::parse(&repo.id).expect("id"), Commit::parse(&repo.sha).expect("commit"));
+    let path = cache.download(&client, &id, &commit, "model.safetensors").await.expect("resumed");
+    assert_eq!(std::fs::read(&path).expect("readable"), repo.files["model.safetensors"].bytes.as_slice());
+    let cdn: Vec<_> = server.requests().into_iter().filter(|q| q.path().starts_with("/cdn/")).collect();
+    assert_eq!(cdn.len(), 2);
+    assert_eq!(cdn[0].header("range"), None);
+    assert_eq!(cdn[1].header("range"), Some("bytes=1000-"));
+
+    // Content that does not match its sha256 never becomes a blob.
+    let served = Arc::clone(&zoo);
+    let server = TestServer::start(move |req, base| {
+        let mut reply = served.handle(req, base);
+        if req.path().starts_with("/cdn/")
+            && let Some(b) = reply.body.last_mut()
+        {
+            *b ^= 1;
+        }
+        reply
+    })
+    .await;
+    let client = HubClient::new(config(&server.url())).expect("client");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = HfCache::new(dir.path());
+    let e = cache.download(&client, &id, &commit, "model.safetensors").await.expect_err("corrupt");
+    assert!(matches!(e, HubError::DigestMismatch { .. }), "{e}");
+    let blobs = dir.path().join("models--bitforge--bf-pico/blobs");
+    assert_eq!(std::fs::read_dir(blobs).expect("blobs").count(), 0, "no blob, no temporary file");
+}

@@ -1,0 +1,349 @@
+//! `crawl`: one pass over a Hub endpoint. Lists models (newest changes first), skips repos whose commit and
+//! signature scheme are already indexed, signs the others straight from HTTP ranges (or, with `--full`, from
+//! files downloaded into the Hugging Face cache), stores each model in its own transaction, then re-solves
+//! lineage when the indexed set changed. One bad repo is recorded and the crawl goes on.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use hub::{Commit, HubClient, HubConfig, ListQuery, RemoteFile, RemoteOptions, RepoId, Revision, Stats, Tier};
+use indicatif::{ProgressBar, ProgressStyle};
+use signature::{ModelSignature, Scheme};
+use store::{FileRecord, ModelRecord, ModelStatus, RunKind, RunStatus, Store};
+
+use crate::{commands, meta, output};
+
+/// Card, config and adapter files larger than this are not read (real ones are a few KiB).
+const MAX_SMALL_FILE: u64 = 1 << 20;
+/// The Hub serves at most 1,000 models per listing page.
+const PAGE_SIZE: u32 = 1000;
+
+/// What to crawl and how.
+#[derive(Clone, Debug)]
+pub struct CrawlOptions {
+    pub endpoint: String,
+    pub author: Option<String>,
+    pub search: Option<String>,
+    pub filter: Vec<String>,
+    /// Most models listed.
+    pub limit: Option<usize>,
+    /// Download whole files into the Hugging Face cache and sign them from disk.
+    pub full: bool,
+    /// Models signed at once.
+    pub concurrency: usize,
+    pub tier: Tier,
+    /// Requests in flight at once over the whole crawl.
+    pub requests_in_flight: usize,
+    /// Production needs redirects to the CDN's host; tests and the demo keep everything on loopback.
+    pub allow_non_loopback_redirects: bool,
+}
+
+/// What a crawl did.
+#[derive(Clone, Debug, Default)]
+pub struct CrawlStats {
+    pub listed: usize,
+    pub new: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub bytes_fetched: u64,
+    pub checkpoint_bytes: u64,
+    pub requests: Stats,
+    pub edges: Option<usize>,
+}
+
+impl CrawlStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.requests;
+        serde_json::json!({
+            "listed": self.listed, "new": self.new, "changed": self.changed,
+            "unchanged": self.unchanged, "failed": self.failed,
+            "bytes_fetched": self.bytes_fetched, "checkpoint_bytes": self.checkpoint_bytes,
+            "fetched_share": if self.checkpoint_bytes == 0 { 0.0 } else { self.bytes_fetched as f64 / self.checkpoint_bytes as f64 },
+            "requests": {
+                "api": r.api_requests, "resolvers": r.resolver_requests, "cdn": r.cdn_requests,
+                "retries": r.retries, "rate_limited": r.rate_limited, "waited_seconds": r.waited.as_secs_f64(),
+            },
+            "edges": self.edges,
+        })
+    }
+
+    pub fn summary(&self) -> String {
+        let r = &self.requests;
+        format!(
+            "models: {} listed, {} new, {} changed, {} unchanged, {} failed\n\
+             bytes: {} fetched of {} in the checkpoints signed ({:.2}%)\n\
+             requests: {} api, {} resolvers, {} cdn; {} retries, {} rate-limited, {:.1} s waiting for budget",
+            self.listed,
+            self.new,
+            self.changed,
+            self.unchanged,
+            self.failed,
+            output::bytes(self.bytes_fetched),
+            output::bytes(self.checkpoint_bytes),
+            if self.checkpoint_bytes == 0 {
+                0.0
+            } else {
+                100.0 * self.bytes_fetched as f64 / self.checkpoint_bytes as f64
+            },
+            r.api_requests,
+            r.resolver_requests,
+            r.cdn_requests,
+            r.retries,
+            r.rate_limited,
+            r.waited.as_secs_f64(),
+        )
+    }
+}
+
+/// A listed repo that needs signing.
+struct Todo {
+    id: RepoId,
+    commit: Commit,
+    known: bool,
+}
+
+/// A signed repo, ready to store.
+struct Signed {
+    record: ModelRecord,
+    signature: ModelSignature,
+    bytes_fetched: u64,
+    checkpoint_bytes: u64,
+}
+
+/// Crawls the endpoint into the store.
+///
+/// # Errors
+/// When the endpoint is unusable (bad URL or token, listing fails after retries) or the store fails. A single
+/// repo's failure is recorded in the store, not returned.
+pub async fn crawl(
+    store: &mut Store,
+    options: &CrawlOptions,
+    scheme: &Scheme,
+    method: lineage::Method,
+) -> anyhow::Result<CrawlStats> {
+    let token = hub::Token::from_env().context("cannot read the Hugging Face token")?;
+    let mut config = HubConfig::new(options.endpoint.clone());
+    config.token = token;
+    config.tier = options.tier;
+    config.concurrency = options.requests_in_flight.max(1);
+    config.allow_non_loopback_redirects = options.allow_non_loopback_redirects;
+    let client = HubClient::new(config).context("cannot set up the Hub client")?;
+    let run = store.begin_run(RunKind::Crawl).context("cannot start a run")?;
+    let result = crawl_run(store, &client, options, scheme, method, run).await;
+    let status = if result.is_ok() { RunStatus::Ok } else { RunStatus::Failed };
+    let stats_json = result.as_ref().map(|s| s.to_json().to_string()).ok();
+    store.finish_run(run, status, stats_json.as_deref()).context("cannot finish the run")?;
+    result
+}
+
+async fn crawl_run(
+    store: &mut Store,
+    client: &HubClient,
+    options: &CrawlOptions,
+    scheme: &Scheme,
+    method: lineage::Method,
+    run: store::RunId,
+) -> anyhow::Result<CrawlStats> {
+    let mut stats = CrawlStats::default();
+    let query = ListQuery {
+        author: options.author.clone(),
+        search: options.search.clone(),
+        filter: options.filter.clone(),
+        sort: Some("lastModified".into()),
+        direction: Some(-1),
+        limit: Some(options.limit.map_or(PAGE_SIZE, |l| (l as u32).clamp(1, PAGE_SIZE))),
+        expand: ["sha", "lastModified", "createdAt"].map(String::from).to_vec(),
+    };
+    let listing = client.list_models(&query).take(options.limit.unwrap_or(usize::MAX));
+    let summaries: Vec<hub::ModelSummary> = listing.try_collect().await.context("cannot list models")?;
+    stats.listed = summaries.len();
+
+    let mut todo = Vec::new();
+    for summary in summaries {
+        let Some(commit) = summary.sha.clone() else {
+            store
+                .record_failure(summary.id.as_str(), &options.endpoint, "", "the listing gave no commit sha")
+                .context("cannot record a failure")?;
+            stats.failed += 1;
+            continue;
+        };
+        let revision = revision_of(&commit, scheme);
+        match store.model_state(summary.id.as_str()).context("cannot read the store")? {
+            Some((stored, ModelStatus::Indexed)) if stored == revision => stats.unchanged += 1,
+            previous => todo.push(Todo { id: summary.id, commit, known: previous.is_some() }),
+        }
+    }
+
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} crawling [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut results = futures::stream::iter(todo)
+        .map(|t| async move {
+            let outcome = sign_repo(client, &options.endpoint, &t.id, &t.commit, scheme, options.full).await;
+            (t, outcome)
+        })
+        .buffer_unordered(options.concurrency.max(1));
+    while let Some((todo, outcome)) = results.next().await {
+        match outcome {
+            Ok(signed) => {
+                store.put_indexed(&signed.record, &signed.signature).context("cannot store a model")?;
+                stats.bytes_fetched += signed.bytes_fetched;
+                stats.checkpoint_bytes += signed.checkpoint_bytes;
+                if todo.known {
+                    stats.changed += 1;
+                } else {
+                    stats.new += 1;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(repo = %todo.id.as_str(), error = %format!("{err:#}"), "repo failed");
+                store
+                    .record_failure(todo.id.as_str(), &options.endpoint, todo.commit.as_str(), &format!("{err:#}"))
+                    .context("cannot record a failure")?;
+                stats.failed += 1;
+            }
+        }
+        bar.set_message(output::bytes(client.stats().bytes()));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    stats.edges = commands::solve_if_needed(store, run, scheme, method)?;
+    stats.requests = client.stats();
+    Ok(stats)
+}
+
+/// The stored revision of a Hub repo: its commit, and the scheme its signature was made with.
+fn revision_of(commit: &Commit, scheme: &Scheme) -> String {
+    format!("hub:{}@{}", commit.as_str(), scheme.id())
+}
+
+async fn sign_repo(
+    client: &HubClient,
+    endpoint: &str,
+    id: &RepoId,
+    commit: &Commit,
+    scheme: &Scheme,
+    full: bool,
+) -> anyhow::Result<Signed> {
+    let revision = Revision::parse(commit.as_str()).context("bad commit")?;
+    let info = client.model_info(id, &revision).await.context("cannot read the repo info")?;
+    // The info answers for the commit we listed; a repo that moved on since is signed at what we asked for.
+    let commit = &info.sha.clone();
+    let card = small_file(client, id, commit, &info, "README.md")
+        .await?
+        .map(|b| meta::parse_card(&String::from_utf8_lossy(&b), id.as_str()));
+    let config = small_file(client, id, commit, &info, "config.json").await?.map(|b| meta::parse_config(&b));
+    let adapter = small_file(client, id, commit, &info, "adapter_config.json")
+        .await?
+        .map(|b| meta::parse_adapter_config(&b))
+        .unwrap_or_default();
+    let config = config.unwrap_or_default();
+    // The card as the API parsed it is a fallback when README.md is missing or has no front matter.
+    let card = card.unwrap_or_else(|| {
+        let data = info.card_data.clone().unwrap_or_default();
+        meta::Card {
+            license: data.licenses.first().cloned(),
+            base_models: data.base_models.into_iter().filter(|b| b != id.as_str()).collect(),
+            base_model_relation: data.base_model_relation,
+        }
+    });
+    let files: Vec<RemoteFile> = info.siblings.iter().map(RemoteFile::from).collect();
+    let (signature, bytes_fetched, checkpoint_bytes, file_records) = if full {
+        sign_full(client, id, commit, &info, scheme).await?
+    } else {
+        let signed = hub::sign_remote_model(client, id, commit, &files, scheme, &RemoteOptions::default())
+            .await
+            .context("cannot sign")?;
+        let records = signed
+            .files
+            .iter()
+            .map(|f| FileRecord { path: f.name.clone(), size: f.size, fingerprint: f.etag.clone().unwrap_or_default() })
+            .collect();
+        (signed.signature, signed.bytes_fetched, signed.checkpoint_bytes, records)
+    };
+    let record = ModelRecord {
+        id: id.as_str().to_owned(),
+        source: endpoint.to_owned(),
+        revision: revision_of(commit, scheme),
+        license: card.license,
+        declared_base_models: card.base_models,
+        base_model_relation: card.base_model_relation,
+        model_type: config.model_type,
+        architectures: config.architectures,
+        hidden_size: config.hidden_size,
+        num_layers: config.num_layers,
+        vocab_size: config.vocab_size,
+        config_json: config.json,
+        quantization: config.quantization,
+        adapter_base: adapter.base_model,
+        created_at: info.created_at.map(|t| t.to_rfc3339()),
+        last_modified: info.last_modified.map(|t| t.to_rfc3339()),
+        files: file_records,
+    };
+    Ok(Signed { record, signature, bytes_fetched, checkpoint_bytes })
+}
+
+/// A small metadata file of the repo, when it has one (size-capped, untrusted).
+async fn small_file(
+    client: &HubClient,
+    id: &RepoId,
+    commit: &Commit,
+    info: &hub::RepoInfo,
+    name: &str,
+) -> anyhow::Result<Option<bytes::Bytes>> {
+    if info.sibling(name).is_none() {
+        return Ok(None);
+    }
+    let bytes =
+        client.get_small_file(id, commit, name, MAX_SMALL_FILE).await.with_context(|| format!("cannot read {name}"))?;
+    Ok(Some(bytes))
+}
+
+/// `--full`: downloads the weights (and the files that shape them) into the Hugging Face cache, then signs the
+/// snapshot folder exactly as `scan` signs a local folder.
+async fn sign_full(
+    client: &HubClient,
+    id: &RepoId,
+    commit: &Commit,
+    info: &hub::RepoInfo,
+    scheme: &Scheme,
+) -> anyhow::Result<(ModelSignature, u64, u64, Vec<FileRecord>)> {
+    let wanted: Vec<&hub::Sibling> = info
+        .siblings
+        .iter()
+        .filter(|s| {
+            !s.rfilename.contains('/')
+                && (s.rfilename.ends_with(".safetensors")
+                    || s.rfilename == "model.safetensors.index.json"
+                    || s.rfilename == "adapter_config.json")
+        })
+        .collect();
+    let before = client.stats().bytes();
+    let mut dir: Option<PathBuf> = None;
+    let mut records = Vec::new();
+    for sibling in &wanted {
+        let path = hub::download_to_cache(client, id, commit, &sibling.rfilename)
+            .await
+            .with_context(|| format!("cannot download {}", sibling.rfilename))?;
+        dir = path.parent().map(PathBuf::from);
+        records.push(FileRecord {
+            path: sibling.rfilename.clone(),
+            size: sibling.size.unwrap_or_default(),
+            fingerprint: sibling.lfs.as_ref().map(|l| l.sha256.clone()).unwrap_or_default(),
+        });
+    }
+    let dir = dir.context("the repo has no safetensors files")?;
+    let scheme = *scheme;
+    let signed = tokio::task::spawn_blocking(move || {
+        signature::sign_model_dir(&dir, &scheme, &signature::SignOptions::default())
+    })
+    .await
+    .context("the signing task failed")?
+    .context("cannot sign")?;
+    let checkpoint = signed.files.iter().map(|f| f.len).sum();
+    Ok((signed.signature, client.stats().bytes() - before, checkpoint, records))
+}
