@@ -52,12 +52,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: >"$tmp/server.out"
 "$server" "$root" 127.0.0.1:0 --page-size "$page_size" --gated "$gated" --private "$private" --token "$token" \
     >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
 url=
 for _ in $(seq 1 100); do
-    url=$(sed -n 's/^hubsim \(http:[^ ]*\) .*/\1/p' "$tmp/server.out")
+    url=$(sed -n 's/^hubsim \(http:[^ ]*\) .*/\1/p' "$tmp/server.out" || true)
     [[ -n $url ]] && break
     if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
     sleep 0.1
@@ -67,7 +68,7 @@ if [[ -z $url ]]; then
     cat "$tmp/server.err" >&2
     exit 1
 fi
-echo "$(cat "$tmp/server.out")"
+cat "$tmp/server.out"
 
 HF_ENDPOINT=$url HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_PROGRESS_BARS=1 \
     HF_HOME=$tmp/hf HF_HUB_DISABLE_IMPLICIT_TOKEN=1 \

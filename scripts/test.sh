@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, every crate's tests, the fuzz target's build, and an
-# end-to-end check that indexes the bundled small zoo and scores the recovered lineage against its truth.
+# The whole test suite, as CI runs it: formatting, lints, every crate's tests, the fuzz target's build, the official
+# Python Hub client against our Hub-compatible server, and an end-to-end check that indexes the bundled small zoo
+# and scores the recovered lineage against its truth. Needs the Rust toolchain and python3 (for a venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,9 @@ cargo test --workspace --locked
 
 step "fuzz targets build (cargo fuzz itself needs nightly; stable checks that the targets compile)"
 cargo check --manifest-path fuzz/Cargo.toml --locked
+
+step "fidelity: the official Python client (huggingface_hub) against hubsim"
+scripts/hf-fidelity.sh tests/zoo-small
 
 step "end to end: scan the bundled small zoo and score it"
 scripts/zoo-eval.sh tests/zoo-small

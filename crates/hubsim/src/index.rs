@@ -9,7 +9,7 @@
 //! names are skipped with a log line. Requests are answered by looking a path up in this index, never by joining
 //! request text onto the root, so nothing outside the root can be served.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -164,13 +164,15 @@ impl Scanner {
         let mut report = ScanReport::default();
         let created = ground_truth_dates(root, &mut report);
         let mut repos = BTreeMap::new();
-        let mut seen = HashMap::new();
+        let mut seen = HashSet::new();
         for org in sorted_dir(root)? {
             let Some(org_name) = checked_entry(&org, &mut report) else { continue };
-            if !org.file_type()?.is_dir() || !card::is_name(&org_name) {
-                if org.file_type()?.is_dir() {
-                    skip(&mut report, org.path(), "not a valid org name");
-                }
+            // Files at the top level (ground_truth.json, notes) are not repos.
+            if !org.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if !card::is_name(&org_name) {
+                skip(&mut report, org.path(), "not a valid org name");
                 continue;
             }
             let entries = match sorted_dir(&org.path()) {
@@ -182,7 +184,7 @@ impl Scanner {
             };
             for repo_dir in entries {
                 let Some(name) = checked_entry(&repo_dir, &mut report) else { continue };
-                if !repo_dir.file_type()?.is_dir() {
+                if !repo_dir.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
                 if !card::is_name(&name) {
@@ -199,7 +201,7 @@ impl Scanner {
                 }
             }
         }
-        self.cache.retain(|path, _| seen.contains_key(path));
+        self.cache.retain(|path, _| seen.contains(path));
         let now = Utc::now();
         let mut children: HashMap<String, usize> = HashMap::new();
         for repo in repos.values() {
@@ -232,7 +234,7 @@ impl Scanner {
         id: &str,
         dir: &Path,
         opts: &ScanOptions,
-        seen: &mut HashMap<PathBuf, ()>,
+        seen: &mut HashSet<PathBuf>,
         report: &mut ScanReport,
     ) -> io::Result<Repo> {
         let mut files = BTreeMap::new();
@@ -257,7 +259,7 @@ impl Scanner {
                 let mtime = meta.modified().ok();
                 mtimes.extend(mtime);
                 let hashed = self.hash(&entry.path(), &rel, meta.len(), mtime, opts.large_file_threshold)?;
-                seen.insert(entry.path(), ());
+                seen.insert(entry.path());
                 files.insert(rel, hashed);
             }
         }
