@@ -201,33 +201,17 @@ pub fn lineage(db: &Path, model: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{model}");
-        println!("ancestors:");
-        if ancestors.is_empty() {
-            println!("  (none among the models seen)");
-        }
-        for e in &ancestors {
-            println!(
-                "  {} ─{}→ {}  ({:.2}, {})",
-                e.parent,
-                e.relation.as_str(),
-                e.child,
-                e.confidence,
-                e.source.as_str()
-            );
-        }
-        println!("descendants:");
-        if descendants.is_empty() {
-            println!("  (none)");
-        }
-        for e in &descendants {
-            println!(
-                "  {} ─{}→ {}  ({:.2}, {})",
-                e.parent,
-                e.relation.as_str(),
-                e.child,
-                e.confidence,
-                e.source.as_str()
-            );
+        for (title, edges, none) in
+            [("ancestors", &ancestors, "(none among the models seen)"), ("descendants", &descendants, "(none)")]
+        {
+            println!("{title}:");
+            if edges.is_empty() {
+                println!("  {none}");
+            }
+            for e in edges {
+                let (relation, source) = (e.relation.as_str(), e.source.as_str());
+                println!("  {} ─{relation}→ {}  ({:.2}, {source})", e.parent, e.child, e.confidence);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

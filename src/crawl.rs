@@ -269,20 +269,10 @@ async fn sign_repo(
         id: id.as_str().to_owned(),
         source: endpoint.to_owned(),
         revision: revision_of(commit, scheme),
-        license: card.license,
-        declared_base_models: card.base_models,
-        base_model_relation: card.base_model_relation,
-        model_type: config.model_type,
-        architectures: config.architectures,
-        hidden_size: config.hidden_size,
-        num_layers: config.num_layers,
-        vocab_size: config.vocab_size,
-        config_json: config.json,
-        quantization: config.quantization,
-        adapter_base: adapter.base_model,
         created_at: info.created_at.map(|t| t.to_rfc3339()),
         last_modified: info.last_modified.map(|t| t.to_rfc3339()),
         files: file_records,
+        ..meta::record(card, config, adapter)
     };
     Ok(Signed { record, signature, bytes_fetched, checkpoint_bytes })
 }

@@ -44,6 +44,24 @@ pub struct AdapterConfig {
     pub base_model: Option<String>,
 }
 
+/// The store's record of a model from what its repo says about itself; the caller adds identity and files.
+pub fn record(card: Card, config: ModelConfig, adapter: AdapterConfig) -> store::ModelRecord {
+    store::ModelRecord {
+        license: card.license,
+        declared_base_models: card.base_models,
+        base_model_relation: card.base_model_relation,
+        model_type: config.model_type,
+        architectures: config.architectures,
+        hidden_size: config.hidden_size,
+        num_layers: config.num_layers,
+        vocab_size: config.vocab_size,
+        config_json: config.json,
+        quantization: config.quantization,
+        adapter_base: adapter.base_model,
+        ..store::ModelRecord::default()
+    }
+}
+
 /// Reads a small file, or `None` if it is missing, unreadable or larger than the metadata limit.
 pub fn read_small(path: &Path) -> Option<Vec<u8>> {
     let file = fs::File::open(path).ok()?;

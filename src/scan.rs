@@ -104,19 +104,6 @@ fn index_one(store: &mut Store, source: &str, id: &str, dir: &Path, scheme: &Sch
         id: id.to_owned(),
         source: source.to_owned(),
         revision,
-        license: card.license,
-        declared_base_models: card.base_models,
-        base_model_relation: card.base_model_relation,
-        model_type: config.model_type,
-        architectures: config.architectures,
-        hidden_size: config.hidden_size,
-        num_layers: config.num_layers,
-        vocab_size: config.vocab_size,
-        config_json: config.json,
-        quantization: config.quantization,
-        adapter_base: adapter.base_model,
-        created_at: None,
-        last_modified: None,
         files: signed
             .files
             .iter()
@@ -126,6 +113,7 @@ fn index_one(store: &mut Store, source: &str, id: &str, dir: &Path, scheme: &Sch
                 fingerprint: file_fingerprint(&f.path),
             })
             .collect(),
+        ..meta::record(card, config, adapter)
     };
     store.put_indexed(&record, &signed.signature).map_err(|e| Failure::Store(e.into()))?;
     Ok(Outcome::Indexed { was_known: previous.is_some(), bytes })

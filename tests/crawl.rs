@@ -75,7 +75,10 @@ async fn crawl_equals_scan_ranged_and_full() {
         assert_eq!(stats["unchanged"], 27, "{name}: {stats}");
         assert_eq!(stats["requests"]["resolvers"], 0, "{name}: {stats}");
     }
-    assert!(tmp.path().join("hub").join("models--bitforge--bf-pico").join("snapshots").is_dir(), "--full fills the HF cache");
+    assert!(
+        tmp.path().join("hub").join("models--bitforge--bf-pico").join("snapshots").is_dir(),
+        "--full fills the HF cache"
+    );
     server.shutdown().await;
 }
 
@@ -103,13 +106,11 @@ async fn crawl_under_faults_gives_the_same_result() {
         rounds += 1;
         let mut cmd = modeltree(&db, tmp.path());
         cmd.args(["crawl", "--json", "--concurrency", "2", "--endpoint", &server.url()]);
-        let stats = tokio::time::timeout(
-            Duration::from_secs(300),
-            tokio::task::spawn_blocking(move || run_json(&mut cmd)),
-        )
-        .await
-        .expect("the crawl ends")
-        .expect("join");
+        let stats =
+            tokio::time::timeout(Duration::from_secs(300), tokio::task::spawn_blocking(move || run_json(&mut cmd)))
+                .await
+                .expect("the crawl ends")
+                .expect("join");
         failed = stats["failed"].as_u64().expect("failed count");
         if failed == 0 {
             break;
