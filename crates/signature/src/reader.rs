@@ -7,7 +7,7 @@
 //! parallel pass run: one rayon task per signed tensor, largest first, each feeding a [`TensorAccumulator`]
 //! from windows of at most [`WINDOW_BYTES`] that are unmapped as soon as they are consumed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,7 @@ use crate::index::{IndexError, MAX_INDEX_LEN, ShardIndex, parse_index};
 use crate::mmap::MappedFile;
 use crate::model::{ModelSignature, Scheme, TensorSignature};
 use crate::plan::{self, PlanError, TensorRef, plan};
+use crate::source::{self, DirLayout, IndexMismatch, LayoutError};
 
 /// Most bytes of tensor data mapped at once per task. Large enough that mapping costs vanish next to the work,
 /// small enough that `threads × window` is a modest resident set.
@@ -320,46 +321,18 @@ fn read_adapter_config(path: &Path) -> Result<LoraConfig, SignError> {
     let err = |source| SignError::AdapterConfig { path: path.to_owned(), source };
     let bytes = read_capped(path, MAX_ADAPTER_CONFIG_LEN)?
         .map_err(|len| err(AdapterConfigError::TooLarge { len, cap: MAX_ADAPTER_CONFIG_LEN }))?;
-    // serde_json bounds recursion itself (128 levels) and the file is capped; its Value is fine here.
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| err(AdapterConfigError::Json { message: e.to_string() }))?;
-    let object = value.as_object().ok_or_else(|| err(AdapterConfigError::NotAnObject))?;
-    let alpha = match object.get("lora_alpha") {
-        None | Some(serde_json::Value::Null) => 8.0,
-        Some(v) => v.as_f64().filter(|a| a.is_finite() && *a > 0.0).ok_or_else(|| err(AdapterConfigError::Alpha))?,
-    };
-    let use_rslora = match object.get("use_rslora") {
-        None | Some(serde_json::Value::Null) => false,
-        Some(v) => v.as_bool().ok_or_else(|| err(AdapterConfigError::Rslora))?,
-    };
-    Ok(LoraConfig { alpha, use_rslora })
+    source::parse_adapter_config(&bytes).map_err(err)
 }
 
 /// Checks that `index` names exactly the tensors found, each in the shard that holds it.
 fn check_index(index: &ShardIndex, files: &[Opened], names: &[&str]) -> Result<(), SignError> {
-    let mut found: BTreeMap<&str, &str> = BTreeMap::new();
-    for (file, &shard) in files.iter().zip(names) {
-        for t in &file.tensors {
-            found.insert(&t.name, shard);
-        }
-    }
-    for (tensor, indexed) in &index.weight_map {
-        match found.get(tensor.as_str()) {
-            Some(&shard) if shard == indexed => {}
-            Some(&shard) => {
-                return Err(SignError::IndexWrongShard {
-                    tensor: tensor.clone(),
-                    indexed: indexed.clone(),
-                    found: shard.to_owned(),
-                });
-            }
-            None => return Err(SignError::IndexedTensorMissing { tensor: tensor.clone(), indexed: indexed.clone() }),
-        }
-    }
-    if let Some((tensor, file)) = found.iter().find(|(t, _)| !index.weight_map.contains_key(**t)) {
-        return Err(SignError::TensorNotIndexed { tensor: (*tensor).to_owned(), file: (*file).to_owned() });
-    }
-    Ok(())
+    let shards: Vec<(&str, &[TensorInfo])> =
+        names.iter().zip(files).map(|(&name, file)| (name, file.tensors.as_slice())).collect();
+    source::check_index(index, &shards).map_err(|mismatch| match mismatch {
+        IndexMismatch::WrongShard { tensor, indexed, found } => SignError::IndexWrongShard { tensor, indexed, found },
+        IndexMismatch::IndexedTensorMissing { tensor, indexed } => SignError::IndexedTensorMissing { tensor, indexed },
+        IndexMismatch::TensorNotIndexed { tensor, file } => SignError::TensorNotIndexed { tensor, file },
+    })
 }
 
 /// Signs the model stored in `dir`: a PEFT adapter (`adapter_model.safetensors`, scaled by
@@ -371,8 +344,11 @@ fn check_index(index: &ShardIndex, files: &[Opened], names: &[&str]) -> Result<(
 pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result<ModelDir, SignError> {
     validate_scheme(scheme)?;
     let names = list_files(dir)?;
-    let safetensors: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors")).collect();
-    let indexes: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors.index.json")).collect();
+    let layout = source::choose_layout(&names).map_err(|e| match e {
+        LayoutError::AdapterBesideWeights { other } => SignError::AdapterBesideWeights { dir: dir.to_owned(), other },
+        LayoutError::AmbiguousIndex { found } => SignError::AmbiguousIndex { dir: dir.to_owned(), found },
+        LayoutError::NoSafetensors => SignError::NoSafetensors { dir: dir.to_owned() },
+    })?;
     let used = |files: &[Opened]| {
         let mut used: Vec<FileUsed> =
             files.iter().map(|f| FileUsed { path: f.path.clone(), len: f.map.len() }).collect();
@@ -380,26 +356,19 @@ pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result
         used
     };
 
-    if names.contains("adapter_model.safetensors") {
-        if let Some(other) = safetensors.iter().find(|n| n.as_str() != "adapter_model.safetensors") {
-            return Err(SignError::AdapterBesideWeights { dir: dir.to_owned(), other: (*other).clone() });
+    match layout {
+        DirLayout::Adapter { config } => {
+            let lora = match opts.lora {
+                Some(l) => Some(l),
+                None if config => Some(read_adapter_config(&dir.join(source::ADAPTER_CONFIG_FILE))?),
+                None => None,
+            };
+            let files = open_all(&[dir.join(source::ADAPTER_FILE)])?;
+            let signature = execute(&files, scheme, &SignOptions { lora, ..*opts })?;
+            Ok(ModelDir { signature, files: used(&files), layout: Layout::Adapter { lora } })
         }
-        let lora = match opts.lora {
-            Some(l) => Some(l),
-            None if names.contains("adapter_config.json") => {
-                Some(read_adapter_config(&dir.join("adapter_config.json"))?)
-            }
-            None => None,
-        };
-        let files = open_all(&[dir.join("adapter_model.safetensors")])?;
-        let signature = execute(&files, scheme, &SignOptions { lora, ..*opts })?;
-        return Ok(ModelDir { signature, files: used(&files), layout: Layout::Adapter { lora } });
-    }
-
-    match indexes.as_slice() {
-        [] => {}
-        [index_name] => {
-            let path = dir.join(index_name);
+        DirLayout::Sharded { index: index_name } => {
+            let path = dir.join(&index_name);
             let bytes = read_capped(&path, MAX_INDEX_LEN as u64)?.map_err(|len| SignError::Index {
                 path: path.clone(),
                 source: IndexError::TooLarge { len: usize::try_from(len).unwrap_or(usize::MAX), cap: MAX_INDEX_LEN },
@@ -414,23 +383,15 @@ pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result
             check_index(&index, &files, &shards)?;
             let signature = execute(&files, scheme, opts)?;
             let layout = Layout::Sharded { index: path, total_size: index.total_size };
-            return Ok(ModelDir { signature, files: used(&files), layout });
+            Ok(ModelDir { signature, files: used(&files), layout })
         }
-        _ => {
-            return Err(SignError::AmbiguousIndex {
-                dir: dir.to_owned(),
-                found: indexes.iter().map(|s| (*s).clone()).collect(),
-            });
+        DirLayout::Files { files: names } => {
+            let paths: Vec<PathBuf> = names.iter().map(|s| dir.join(s)).collect();
+            let files = open_all(&paths)?;
+            let signature = execute(&files, scheme, opts)?;
+            Ok(ModelDir { signature, files: used(&files), layout: Layout::Files })
         }
     }
-
-    if safetensors.is_empty() {
-        return Err(SignError::NoSafetensors { dir: dir.to_owned() });
-    }
-    let paths: Vec<PathBuf> = safetensors.iter().map(|s| dir.join(s)).collect();
-    let files = open_all(&paths)?;
-    let signature = execute(&files, scheme, opts)?;
-    Ok(ModelDir { signature, files: used(&files), layout: Layout::Files })
 }
 
 #[cfg(test)]
