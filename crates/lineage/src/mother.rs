@@ -21,7 +21,7 @@
 //!   recipe and get no edge; every edge is typed `finetune`, since MoTHer knows no types.
 
 use crate::edmonds::min_arborescence;
-use crate::prepare::{Group, Kind, Prepared};
+use crate::prepare::{Group, Prepared};
 use crate::{Edge, EdgeSource, Options, Relation};
 
 const OUTPUT_LAYER_NAMES: [&str; 5] = ["o_proj", "out_proj", "c_proj", ".wo.", "dense"];
@@ -29,17 +29,7 @@ const OUTPUT_LAYER_NAMES: [&str; 5] = ["o_proj", "out_proj", "c_proj", ".wo.", "
 pub(crate) fn solve(p: &Prepared<'_>, options: &Options) -> Vec<Edge> {
     let mut edges = Vec::new();
     for family in &p.families {
-        let mut by_group: Vec<(usize, Vec<usize>)> = Vec::new();
-        for &m in family {
-            if p.kinds[m] != Kind::Full || p.fixed[m].is_some() {
-                continue;
-            }
-            let Some((g, pos)) = p.place[m] else { continue };
-            match by_group.iter_mut().find(|(gg, _)| *gg == g) {
-                Some((_, positions)) => positions.push(pos),
-                None => by_group.push((g, vec![pos])),
-            }
-        }
+        let by_group = p.unplaced_full_by_group(family);
         for (g, mut positions) in by_group {
             if positions.len() < 2 {
                 continue;

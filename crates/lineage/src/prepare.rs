@@ -130,6 +130,23 @@ pub(crate) struct Prepared<'m> {
 }
 
 impl Prepared<'_> {
+    /// The family's full models that no typed rule has placed yet, as positions within their tensor group,
+    /// grouped by group in first-seen order: the input of both arborescence solvers.
+    pub(crate) fn unplaced_full_by_group(&self, family: &[usize]) -> Vec<(usize, Vec<usize>)> {
+        let mut by_group: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &m in family {
+            if self.kinds[m] != Kind::Full || self.fixed[m].is_some() {
+                continue;
+            }
+            let Some((g, pos)) = self.place[m] else { continue };
+            match by_group.iter_mut().find(|(gg, _)| *gg == g) {
+                Some((_, positions)) => positions.push(pos),
+                None => by_group.push((g, vec![pos])),
+            }
+        }
+        by_group
+    }
+
     pub fn declares(&self, child: usize, parent: usize) -> bool {
         self.declared[child].contains(&parent)
     }

@@ -55,17 +55,7 @@ pub(crate) fn solve(p: &Prepared<'_>, options: &Options) -> Vec<Edge> {
         edges.push(edge(p, f.parent, i, relation, f.confidence, f.source));
     }
     for family in &p.families {
-        let mut by_group: Vec<(usize, Vec<usize>)> = Vec::new();
-        for &m in family {
-            if p.kinds[m] != Kind::Full || p.fixed[m].is_some() {
-                continue;
-            }
-            let Some((g, pos)) = p.place[m] else { continue };
-            match by_group.iter_mut().find(|(gg, _)| *gg == g) {
-                Some((_, positions)) => positions.push(pos),
-                None => by_group.push((g, vec![pos])),
-            }
-        }
+        let by_group = p.unplaced_full_by_group(family);
         for (g, positions) in by_group {
             if positions.len() >= 2 {
                 Subset::new(p, &p.groups[g], positions, options).solve(&mut edges);
