@@ -24,3 +24,6 @@ scripts/hf-fidelity.sh tests/zoo-small
 
 step "end to end: scan the bundled small zoo and score it"
 scripts/zoo-eval.sh tests/zoo-small
+
+step "exports: GraphML through networkx, DOT through Graphviz, the HTML report in headless Chromium"
+scripts/export-check.sh tests/zoo-small

@@ -1,4 +1,4 @@
-//! The commands that read or write the store: `scan`, `tree`, `lineage`, `export`, `eval`.
+//! The commands that read or write the store: `scan`, `tree`, `lineage`, `export`, `audit`, `eval`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,7 +11,7 @@ use lineage::{Edge, Method, Recovery};
 use signature::Scheme;
 use store::{RunKind, RunStatus, Store};
 
-use crate::{crawl, output, scan, solve};
+use crate::{audit, crawl, export, output, scan, solve};
 
 pub fn open_store(db: &Path) -> anyhow::Result<Store> {
     if let Some(parent) = db.parent()
@@ -99,9 +99,9 @@ pub fn solve_if_needed(
 }
 
 /// Checkpoint key: the fingerprint of the models, scheme and method the current edges were solved from.
-const SOLVED_INPUT: &str = "lineage.solved_input";
+pub const SOLVED_INPUT: &str = "lineage.solved_input";
 
-fn solve_input_fingerprint(store: &Store, scheme: &Scheme, method: Method) -> anyhow::Result<String> {
+pub fn solve_input_fingerprint(store: &Store, scheme: &Scheme, method: Method) -> anyhow::Result<String> {
     let mut models: Vec<(String, String, String)> = store
         .models()
         .context("cannot list models")?
@@ -152,6 +152,8 @@ pub async fn hub_serve(
     config.addr = addr;
     config.cdn_addr = std::net::SocketAddr::new(addr.ip(), 0);
     config.page_size = page_size.max(1);
+    // Repos pushed into or deleted from the folder show up in the next listing (a mirror, the daemon's tests).
+    config.rescan_on_list = true;
     // One knob for people; the share is split over the fault kinds the crawler must survive.
     config.faults = hubsim::FaultConfig {
         seed: fault_seed,
@@ -217,28 +219,33 @@ pub fn lineage(db: &Path, model: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn export_json(db: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn export(db: &Path, format: export::Format, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let store = open_existing(db)?;
-    let models = store.models()?;
-    let edges = solve::from_records(&store.current_edges()?);
-    let models_json: Vec<serde_json::Value> = models
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "id": m.record.id,
-                "license": m.record.license,
-                "declared_base_models": m.record.declared_base_models,
-                "status": m.status.as_str(),
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({ "models": models_json, "edges": output::edges_json(&edges)["edges"] });
-    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    let graph = export::Graph::from_store(&store)?;
+    let text = export::render(format, &graph)?;
     match out {
         Some(path) => output::write_atomically(path, text.as_bytes())?,
         None => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exit status of `audit --fail-on` when a finding reaches the threshold (1 is an error, 2 a usage error).
+pub const AUDIT_FAILED: u8 = 3;
+
+pub fn audit(db: &Path, json: bool, fail_on: Option<audit::Severity>) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let models: Vec<audit::Model> = store.models()?.iter().map(audit::Model::from).collect();
+    let edges = solve::from_records(&store.current_edges()?);
+    let findings = audit::audit(&models, &edges);
+    if json {
+        let v: Vec<serde_json::Value> = findings.iter().map(audit::Finding::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", audit::render_text(&findings));
+    }
+    let failed = fail_on.is_some_and(|threshold| findings.iter().any(|f| f.severity >= threshold));
+    Ok(if failed { ExitCode::from(AUDIT_FAILED) } else { ExitCode::SUCCESS })
 }
 
 /// Reads a zoo's `ground_truth.json` (untrusted: malformed entries are an error, not a panic).
@@ -272,8 +279,11 @@ pub fn eval(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let truth = read_truth(truth_path)?;
+    let audit_truth = audit::read_truth(truth_path)?;
     let store = open_existing(db)?;
-    let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();
+    let stored = store.models()?;
+    let ids: Vec<String> = stored.iter().map(|m| m.record.id.clone()).collect();
+    let audit_models: Vec<audit::Model> = stored.iter().map(audit::Model::from).collect();
     let mut rows = Vec::new();
     for method in methods {
         let (label, recovery) = match method {
@@ -284,13 +294,30 @@ pub fn eval(
             }
             Some(m) => (solve::method_name(*m).to_owned(), solve::recover(&store, scheme, *m)?),
         };
-        rows.push((label, lineage::eval::score(&truth, &recovery)));
+        // The audit is scored on the same edges, when the truth says what it should find.
+        let audit_score = audit_truth.as_ref().map(|t| audit::score(t, &audit::audit(&audit_models, &recovery.edges)));
+        rows.push((label, lineage::eval::score(&truth, &recovery), audit_score));
     }
     if json {
-        let v: Vec<serde_json::Value> = rows.iter().map(|(label, s)| output::score_json(label, s)).collect();
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(label, s, a)| {
+                let mut v = output::score_json(label, s);
+                if let Some(a) = a {
+                    v["audit"] = output::audit_score_json(a);
+                }
+                v
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", output::score_table(&rows));
+        let scores: Vec<(String, lineage::eval::Score)> = rows.iter().map(|(l, s, _)| (l.clone(), s.clone())).collect();
+        print!("{}", output::score_table(&scores));
+        let audits: Vec<(String, audit::AuditScore)> =
+            rows.iter().filter_map(|(l, _, a)| a.map(|a| (l.clone(), a))).collect();
+        if !audits.is_empty() {
+            print!("{}", output::audit_score_table(&audits));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,13 +4,14 @@
 //! lineage when the indexed set changed. One bad repo is recorded and the crawl goes on.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use hub::{Commit, HubClient, HubConfig, ListQuery, RemoteFile, RemoteOptions, RepoId, Revision, Stats, Tier};
 use indicatif::{ProgressBar, ProgressStyle};
 use signature::{ModelSignature, Scheme};
-use store::{FileRecord, ModelRecord, ModelStatus, RunKind, RunStatus, Store};
+use store::{FileRecord, ModelRecord, ModelStatus, RetryPolicy, RunKind, RunStatus, Store};
 
 use crate::{commands, meta, output};
 
@@ -97,6 +98,40 @@ impl CrawlStats {
     }
 }
 
+/// A listed repo: its id and the commit the listing gave.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub id: RepoId,
+    pub commit: Commit,
+}
+
+/// What [`index_listed`] did.
+#[derive(Clone, Debug, Default)]
+pub struct IndexStats {
+    pub new: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub bytes_fetched: u64,
+    pub checkpoint_bytes: u64,
+    /// A stop was requested and some repos were not started (they are picked up by the next run).
+    pub stopped: bool,
+}
+
+/// How [`index_listed`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexOptions<'a> {
+    pub endpoint: &'a str,
+    pub scheme: &'a Scheme,
+    pub full: bool,
+    pub concurrency: usize,
+    /// When a failed repo is due again.
+    pub retry: RetryPolicy,
+    /// Once set, no further repo is started; those in flight finish and are stored.
+    pub stop: Option<&'a AtomicBool>,
+    pub progress: bool,
+}
+
 /// A listed repo that needs signing.
 struct Todo {
     id: RepoId,
@@ -130,6 +165,10 @@ pub async fn crawl(
     config.concurrency = options.requests_in_flight.max(1);
     config.allow_non_loopback_redirects = options.allow_non_loopback_redirects;
     let client = HubClient::new(config).context("cannot set up the Hub client")?;
+    // The daemon's single-instance lock: a crawl and a daemon on one database would both crawl, and each would
+    // take the other's `running` run for a dead one.
+    let _lock = crate::daemon::lock::InstanceLock::acquire(store.path())?;
+    store.interrupt_stale_runs().context("cannot mark stale runs")?;
     let run = store.begin_run(RunKind::Crawl).context("cannot start a run")?;
     let result = crawl_run(store, &client, options, scheme, method, run).await;
     let status = if result.is_ok() { RunStatus::Ok } else { RunStatus::Failed };
@@ -159,38 +198,105 @@ async fn crawl_run(
     let listing = client.list_models(&query).take(options.limit.unwrap_or(usize::MAX));
     let summaries: Vec<hub::ModelSummary> = listing.try_collect().await.context("cannot list models")?;
     stats.listed = summaries.len();
+    let listed = listed_commits(store, &options.endpoint, summaries, RetryPolicy::IMMEDIATE, &mut stats.failed)?;
+    let index = IndexOptions {
+        endpoint: &options.endpoint,
+        scheme,
+        full: options.full,
+        concurrency: options.concurrency,
+        retry: RetryPolicy::IMMEDIATE,
+        stop: None,
+        progress: true,
+    };
+    let done = index_listed(store, client, listed, &index, &mut |_| {}).await?;
+    stats.new = done.new;
+    stats.changed = done.changed;
+    stats.unchanged = done.unchanged;
+    stats.failed += done.failed;
+    stats.bytes_fetched = done.bytes_fetched;
+    stats.checkpoint_bytes = done.checkpoint_bytes;
+    stats.edges = commands::solve_if_needed(store, run, scheme, method)?;
+    stats.requests = client.stats();
+    Ok(stats)
+}
 
-    let mut todo = Vec::new();
+/// The listed repos that have a commit; one without is recorded as a failure (counted in `failed`).
+///
+/// # Errors
+/// When the store cannot be written.
+pub fn listed_commits(
+    store: &mut Store,
+    endpoint: &str,
+    summaries: Vec<hub::ModelSummary>,
+    retry: RetryPolicy,
+    failed: &mut usize,
+) -> anyhow::Result<Vec<Listed>> {
+    let mut listed = Vec::with_capacity(summaries.len());
     for summary in summaries {
-        let Some(commit) = summary.sha.clone() else {
-            store
-                .record_failure(summary.id.as_str(), &options.endpoint, "", "the listing gave no commit sha")
-                .context("cannot record a failure")?;
-            stats.failed += 1;
-            continue;
-        };
-        let revision = revision_of(&commit, scheme);
-        match store.model_state(summary.id.as_str()).context("cannot read the store")? {
-            Some((stored, ModelStatus::Indexed)) if stored == revision => stats.unchanged += 1,
-            previous => todo.push(Todo { id: summary.id, commit, known: previous.is_some() }),
+        match summary.sha {
+            Some(commit) => listed.push(Listed { id: summary.id, commit }),
+            None => {
+                store
+                    .record_failure_backoff(summary.id.as_str(), endpoint, "", "the listing gave no commit sha", retry)
+                    .context("cannot record a failure")?;
+                *failed += 1;
+            }
         }
     }
+    Ok(listed)
+}
 
-    let bar = ProgressBar::new(todo.len() as u64);
+/// What happened to one repo in [`index_listed`], for live counters.
+#[derive(Clone, Copy, Debug)]
+pub enum RepoOutcome {
+    Indexed { bytes_fetched: u64 },
+    Failed,
+}
+
+/// Signs and stores every listed repo whose commit (and scheme) is not indexed yet, `concurrency` at a time,
+/// each in its own store transaction; a repo that fails is recorded with `retry`'s backoff and the rest go on.
+/// Repos whose stored revision matches are skipped, which is what makes a rerun after a kill cheap and exact.
+///
+/// # Errors
+/// When the store fails. A single repo's failure is recorded, not returned.
+pub async fn index_listed(
+    store: &mut Store,
+    client: &HubClient,
+    listed: Vec<Listed>,
+    options: &IndexOptions<'_>,
+    on_repo: &mut dyn FnMut(RepoOutcome),
+) -> anyhow::Result<IndexStats> {
+    let mut stats = IndexStats::default();
+    let mut todo = Vec::new();
+    for Listed { id, commit } in listed {
+        let revision = revision_of(&commit, options.scheme);
+        match store.model_state(id.as_str()).context("cannot read the store")? {
+            Some((stored, ModelStatus::Indexed)) if stored == revision => stats.unchanged += 1,
+            previous => todo.push(Todo { id, commit, known: previous.is_some() }),
+        }
+    }
+    let total = todo.len();
+    let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} crawling [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let stop = options.stop;
+    let (endpoint, scheme, full) = (options.endpoint, options.scheme, options.full);
     let mut results = futures::stream::iter(todo)
+        .take_while(|_| std::future::ready(!stop.is_some_and(|s| s.load(Ordering::SeqCst))))
         .map(|t| async move {
-            let outcome = sign_repo(client, &options.endpoint, &t.id, &t.commit, scheme, options.full).await;
+            let outcome = sign_repo(client, endpoint, &t.id, &t.commit, scheme, full).await;
             (t, outcome)
         })
         .buffer_unordered(options.concurrency.max(1));
+    let mut finished = 0;
     while let Some((todo, outcome)) = results.next().await {
+        finished += 1;
         match outcome {
             Ok(signed) => {
                 store.put_indexed(&signed.record, &signed.signature).context("cannot store a model")?;
+                tracing::info!(repo = %todo.id.as_str(), commit = %todo.commit.as_str(), bytes = signed.bytes_fetched, "indexed");
                 stats.bytes_fetched += signed.bytes_fetched;
                 stats.checkpoint_bytes += signed.checkpoint_bytes;
                 if todo.known {
@@ -198,26 +304,33 @@ async fn crawl_run(
                 } else {
                     stats.new += 1;
                 }
+                on_repo(RepoOutcome::Indexed { bytes_fetched: signed.bytes_fetched });
             }
             Err(err) => {
-                tracing::warn!(repo = %todo.id.as_str(), error = %format!("{err:#}"), "repo failed");
-                store
-                    .record_failure(todo.id.as_str(), &options.endpoint, todo.commit.as_str(), &format!("{err:#}"))
+                let attempts = store
+                    .record_failure_backoff(
+                        todo.id.as_str(),
+                        endpoint,
+                        todo.commit.as_str(),
+                        &format!("{err:#}"),
+                        options.retry,
+                    )
                     .context("cannot record a failure")?;
+                tracing::warn!(repo = %todo.id.as_str(), attempts, error = %format!("{err:#}"), "repo failed");
                 stats.failed += 1;
+                on_repo(RepoOutcome::Failed);
             }
         }
         bar.set_message(output::bytes(client.stats().bytes()));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    stats.edges = commands::solve_if_needed(store, run, scheme, method)?;
-    stats.requests = client.stats();
+    stats.stopped = finished < total;
     Ok(stats)
 }
 
 /// The stored revision of a Hub repo: its commit, and the scheme its signature was made with.
-fn revision_of(commit: &Commit, scheme: &Scheme) -> String {
+pub fn revision_of(commit: &Commit, scheme: &Scheme) -> String {
     format!("hub:{}@{}", commit.as_str(), scheme.id())
 }
 

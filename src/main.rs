@@ -3,11 +3,14 @@
 //! The binary parses arguments, sets up tracing, runs one command and maps errors to exit codes. The work is
 //! done by the library crates: `signature` reads weights, `lineage` recovers edges, `store` keeps everything.
 
+mod audit;
 mod commands;
 mod config;
 mod crawl;
+mod daemon;
 mod demo;
 mod discover;
+mod export;
 mod meta;
 mod output;
 mod scan;
@@ -93,11 +96,21 @@ enum Command {
     },
     /// Write the models and the recovered edges.
     Export {
-        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
-        format: ExportFormat,
+        #[arg(long, value_enum, default_value_t = export::Format::Json)]
+        format: export::Format,
         /// Output file (written to a temporary file and renamed into place); standard output if absent.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Audit license inheritance along the recovered edges and compare declared base models with the weights.
+    ///
+    /// Exit status: 0, or 3 when a finding is at or above --fail-on (1 is an error, 2 a usage error).
+    Audit {
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 3 if any finding has this severity or a higher one (default: never).
+        #[arg(long, value_enum)]
+        fail_on: Option<audit::Severity>,
     },
     /// Score the recovered lineage against a ground truth (a zoo's ground_truth.json).
     Eval {
@@ -107,6 +120,13 @@ enum Command {
         /// writing; `all` prints every method side by side.
         #[arg(long, value_enum, default_value_t = EvalMethod::Stored)]
         method: EvalMethod,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the index current: incremental crawls on a cron schedule, recorded as runs; SIGTERM drains and exits 0.
+    Daemon(daemon::DaemonArgs),
+    /// List the recorded runs (scans, crawls, daemon runs), oldest first.
+    Runs {
         #[arg(long)]
         json: bool,
     },
@@ -170,11 +190,6 @@ enum EvalMethod {
     All,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ExportFormat {
-    Json,
-}
-
 impl From<MethodArg> for lineage::Method {
     fn from(m: MethodArg) -> lineage::Method {
         match m {
@@ -186,14 +201,26 @@ impl From<MethodArg> for lineage::Method {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let config = match config::Config::load(cli.config.as_deref()) {
+    // Precedence: defaults < file < environment (MODELTREE_…) < flags (the daemon's, applied here too).
+    let loaded = config::Config::load(cli.config.as_deref()).and_then(|mut config| {
+        config.overlay_env(|name| std::env::var(name).ok())?;
+        if let Command::Daemon(args) = &cli.command {
+            args.apply(&mut config)?;
+        }
+        Ok(config)
+    });
+    let config = match loaded {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err:#}");
             return ExitCode::FAILURE;
         }
     };
+    match &cli.command {
+        // A service logs what it does by default; one-shot commands only warn.
+        Command::Daemon(_) => init_tracing(config.daemon.log_format, "info"),
+        _ => init_tracing(config::LogFormat::Text, "warn"),
+    }
     // Precedence: flag or MODELTREE_DB (clap merges both, the flag wins) > file > platform default.
     let db = cli.db.clone().or_else(|| config.db.clone()).unwrap_or_else(default_db_path);
     let scheme = config.scheme;
@@ -242,7 +269,8 @@ fn main() -> ExitCode {
         }
         Command::Tree { json } => commands::tree(&db, json),
         Command::Lineage { model, json } => commands::lineage(&db, &model, json),
-        Command::Export { format: ExportFormat::Json, out } => commands::export_json(&db, out.as_deref()),
+        Command::Export { format, out } => commands::export(&db, format, out.as_deref()),
+        Command::Audit { json, fail_on } => commands::audit(&db, json, fail_on),
         Command::Eval { truth, method, json } => {
             let methods = match method {
                 EvalMethod::Stored => vec![None],
@@ -252,6 +280,8 @@ fn main() -> ExitCode {
             };
             commands::eval(&db, &truth, &scheme, &methods, json)
         }
+        Command::Daemon(args) => runtime().and_then(|rt| rt.block_on(daemon::command(&db, config, &args))),
+        Command::Runs { json } => daemon::list_runs(&db, json),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", config::DEFAULT_TOML);
             Ok(ExitCode::SUCCESS)
@@ -269,11 +299,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Only the binary installs a subscriber. `MODELTREE_LOG` takes an env-filter directive (default `warn`).
-fn init_tracing() {
+/// Only the binary installs a subscriber. `MODELTREE_LOG` takes an env-filter directive (default `level`).
+fn init_tracing(format: config::LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELTREE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Only the binary builds a runtime, and only for the commands that do network IO.

@@ -135,6 +135,20 @@ pub fn parse_config(bytes: &[u8]) -> ModelConfig {
     }
 }
 
+/// Reading options a model's `config.json` decides: how a GPTQ checkpoint stores its zero points
+/// (`quantization_config.checkpoint_format`: `gptq_v2` stores them as they are, anything else minus one).
+pub fn sign_options(config: &ModelConfig) -> signature::SignOptions {
+    let v2 = config
+        .quantization
+        .as_deref()
+        .and_then(|q| serde_json::from_str::<serde_json::Value>(q).ok())
+        .is_some_and(|q| q.get("checkpoint_format").and_then(|f| f.as_str()) == Some("gptq_v2"));
+    signature::SignOptions {
+        gptq_format: if v2 { signature::GptqFormat::V2 } else { signature::GptqFormat::V1 },
+        ..signature::SignOptions::default()
+    }
+}
+
 /// Parses `adapter_config.json`.
 pub fn parse_adapter_config(bytes: &[u8]) -> AdapterConfig {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return AdapterConfig::default() };
@@ -186,6 +200,9 @@ mod tests {
         let c = parse_config(br#"{"model_type":"llama","quantization_config":{"quant_method":"fp8"}}"#);
         assert_eq!(c.model_type.as_deref(), Some("llama"));
         assert_eq!(c.quantization.as_deref(), Some(r#"{"quant_method":"fp8"}"#));
+        assert_eq!(sign_options(&c).gptq_format, signature::GptqFormat::V1);
+        let v2 = parse_config(br#"{"quantization_config":{"quant_method":"gptq","checkpoint_format":"gptq_v2"}}"#);
+        assert_eq!(sign_options(&v2).gptq_format, signature::GptqFormat::V2);
         assert_eq!(parse_config(b"[1,2]"), ModelConfig::default());
         assert_eq!(parse_config(b"{not json"), ModelConfig::default());
         let a = parse_adapter_config(br#"{"base_model_name_or_path":"org/base","r":8,"lora_alpha":16}"#);

@@ -181,6 +181,28 @@ pub fn score_table(rows: &[(String, Score)]) -> String {
     out
 }
 
+pub fn audit_score_json(a: &crate::audit::AuditScore) -> serde_json::Value {
+    serde_json::json!({ "license_conflicts": a.license.to_json(), "wrong_base_model": a.declared.to_json() })
+}
+
+/// Audit precision / recall per method: license conflicts and wrong `base_model` declarations, per model.
+pub fn audit_score_table(rows: &[(String, crate::audit::AuditScore)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\naudit (per model):");
+    let _ =
+        writeln!(out, "  {:<18} {:<18} {:>4} {:>4} {:>4} {:>7} {:>7}", "method", "finding", "tp", "fp", "fn", "P", "R");
+    for (label, a) in rows {
+        for (name, pr) in [("license conflict", &a.license), ("wrong base_model", &a.declared)] {
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<18} {:>4} {:>4} {:>4} {:>7.3} {:>7.3}",
+                label, name, pr.tp, pr.fp, pr.fn_, pr.precision, pr.recall
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use lineage::{EdgeSource, Relation};

@@ -97,8 +97,8 @@ fn index_one(store: &mut Store, source: &str, id: &str, dir: &Path, scheme: &Sch
     let adapter =
         meta::read_small(&dir.join("adapter_config.json")).map(|b| meta::parse_adapter_config(&b)).unwrap_or_default();
     // The reader takes the LoRA scaling from adapter_config.json itself.
-    let signed = signature::sign_model_dir(dir, scheme, &signature::SignOptions::default())
-        .map_err(|e| Failure::Model(e.into()))?;
+    let signed =
+        signature::sign_model_dir(dir, scheme, &meta::sign_options(&config)).map_err(|e| Failure::Model(e.into()))?;
     let bytes = signed.files.iter().map(|f| f.len).sum();
     let record = ModelRecord {
         id: id.to_owned(),

@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// Rescan the root this often (a mirror picks up new repos by itself). `None` (default): only at start and on
     /// [`crate::Handle::rescan`].
     pub rescan_interval: Option<Duration>,
+    /// Rescan the root before answering the first page of a model listing (a request without `cursor`), so repos
+    /// added to or removed from the folder show up in the next listing without a restart. File hashes are cached
+    /// by size and mtime, so a rescan of an unchanged folder only stats it. Default `false`; `modeltree hub
+    /// serve` turns it on.
+    pub rescan_on_list: bool,
     /// How many requests the in-memory request log keeps (oldest dropped first). Default 100,000.
     pub log_capacity: usize,
 }
@@ -68,6 +73,7 @@ impl Default for ServerConfig {
             private: Vec::new(),
             tokens: Vec::new(),
             rescan_interval: None,
+            rescan_on_list: false,
             log_capacity: 100_000,
         }
     }

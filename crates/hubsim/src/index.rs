@@ -152,11 +152,16 @@ struct CachedHash {
 #[derive(Debug, Default)]
 pub(crate) struct Scanner {
     cache: HashMap<PathBuf, CachedHash>,
+    /// Whether a scan has completed: repos that appear in a later scan were just pushed, so their
+    /// `lastModified` is the time they appeared, as on the Hub (a crawler listing by `lastModified` must see
+    /// them first).
+    scanned: bool,
 }
 
 impl Scanner {
     /// Scans `root`. `previous` carries dates across scans: an unchanged repo keeps its dates, a changed one gets
-    /// `lastModified` = now.
+    /// `lastModified` = now, and so does a repo that appeared since the first scan (its `createdAt` still comes
+    /// from `ground_truth.json` or the file mtimes, so lineage priors do not depend on when it was added).
     ///
     /// # Errors
     /// Only when the root itself cannot be read; problems inside a repo skip that repo or file.
@@ -214,10 +219,13 @@ impl Scanner {
             let (created_at, last_modified) = match previous.repos.get(&id) {
                 Some(prev) if prev.sha == repo.sha => (prev.created_at, prev.last_modified),
                 Some(prev) => (prev.created_at, now.max(prev.last_modified)),
-                None => match created.get(&id) {
-                    Some(date) => (*date, *date),
-                    None => (repo.created_at, repo.last_modified),
-                },
+                None => {
+                    let (created_at, last_modified) = match created.get(&id) {
+                        Some(date) => (*date, *date),
+                        None => (repo.created_at, repo.last_modified),
+                    };
+                    (created_at, if self.scanned { now.max(last_modified) } else { last_modified })
+                }
             };
             repo.created_at = created_at;
             repo.last_modified = last_modified;
@@ -226,6 +234,7 @@ impl Scanner {
             index.repos.insert(id, Arc::new(repo));
         }
         report.repos = index.repos.len();
+        self.scanned = true;
         Ok((index, report))
     }
 

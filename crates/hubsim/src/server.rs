@@ -662,6 +662,17 @@ async fn handle(
         limiter.check(&client, tier, b, at)
     });
     let own_addr = if kind == Listener::Hub { shared.addr } else { shared.cdn_addr };
+    // A listing's first page sees the folder as it is now. The scan runs on this worker: it is a stat per file
+    // when nothing changed, and a listing is rare next to file reads.
+    let first_page = || !parse_query(parts.uri.query().unwrap_or_default()).iter().any(|(k, _)| k == "cursor");
+    if shared.config.rescan_on_list
+        && matches!(route, Route::ListModels)
+        && verdict.as_ref().is_none_or(|v| v.allowed)
+        && first_page()
+        && let Err(e) = shared.rescan_blocking()
+    {
+        tracing::warn!(error = %e, "rescan before listing failed; keeping the previous index");
+    }
     let mut ctx = Ctx {
         shared,
         index: shared.index(),

@@ -703,6 +703,41 @@ async fn rescan_picks_up_new_and_changed_repos() {
     assert_eq!(header(r.headers(), "x-error-code"), Some("RevisionNotFound"));
 }
 
+/// A daemon lists by `lastModified` down to its checkpoint: a repo pushed into the folder must come first in the
+/// next listing even when `ground_truth.json` dates it years ago, and a removed repo must be gone, without a
+/// restart or an explicit rescan.
+#[tokio::test]
+async fn listing_rescans_and_new_repos_sort_first() {
+    let (_dir, root) = fixture();
+    write(
+        &root.join("ground_truth.json"),
+        br#"{"models":[{"model":"late/comer","created_at":"2020-01-01T00:00:00Z"}]}"#,
+    );
+    let server = start(ServerConfig { rescan_on_list: true, ..config(&root) }).await;
+    let c = client();
+    let ids = || async {
+        let url = format!(
+            "{}/api/models?sort=lastModified&direction=-1&expand[]=createdAt&expand[]=lastModified",
+            server.url()
+        );
+        let (_, _, list) = get_json(&c, &url).await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        list.iter().map(|m| m["id"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>()
+    };
+    // Four repos, one of them private (not listed to an anonymous caller).
+    assert_eq!(ids().await.len(), 3);
+    write(&root.join("late/comer/config.json"), b"{}");
+    let listed = ids().await;
+    assert_eq!(listed.first().map(String::as_str), Some("late/comer"), "{listed:?}");
+    let info = get_json(&c, &format!("{}/api/models/late/comer", server.url())).await.2;
+    assert_eq!(info["createdAt"], "2020-01-01T00:00:00.000Z", "createdAt still comes from ground_truth.json");
+    assert!(info["lastModified"].as_str().unwrap_or_default() > "2025", "{info}");
+    fs::remove_dir_all(root.join("acme/sharded")).expect("remove");
+    let listed = ids().await;
+    assert!(!listed.contains(&"acme/sharded".to_owned()) && listed.len() == 3, "{listed:?}");
+    assert_eq!(get_json(&c, &format!("{}/api/models/acme/sharded", server.url())).await.0, 401);
+}
+
 #[tokio::test]
 async fn shutdown_stops_listening() {
     let (_dir, root) = fixture();

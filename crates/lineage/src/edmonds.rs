@@ -9,7 +9,7 @@
 //! the merge recursion `O(log E)` deep, so a family of 10,000 models cannot overflow the stack.
 
 /// Marks "no node" in the heap arena and in the per-node tables.
-const NIL: usize = usize::MAX;
+const NIL: u32 = u32::MAX;
 
 /// Finds a minimum-cost arborescence of `n` nodes rooted at `root`.
 ///
@@ -18,32 +18,60 @@ const NIL: usize = usize::MAX;
 /// every node (`None` for `root`), or `None` when some node cannot be reached from `root` (or `root >= n`).
 /// When several arborescences have the same minimum cost, which one is returned depends only on the input order.
 pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) -> Option<Vec<Option<usize>>> {
-    if root >= n {
+    // Heap links and edge indices are 32-bit to halve the arena; no family comes near 4 billion edges.
+    if root >= n || edges.len() >= NIL as usize {
         return None;
     }
-    let usable: Vec<(usize, usize, f64)> =
-        edges.iter().copied().filter(|&(a, b, w)| a < n && b < n && a != b && b != root && w.is_finite()).collect();
+    let usable = |&(a, b, w): &(usize, usize, f64)| a < n && b < n && a != b && b != root && w.is_finite();
 
-    let mut heap = Heap::default();
+    // Each node's incoming edges, cheapest first (ties in input order), laid out contiguously: a sorted list
+    // chained through `left` is already a leftist heap, so building the heaps costs one sort per node and no
+    // merges.
+    let mut first = vec![0u32; n + 1];
+    for e in edges.iter().filter(|e| usable(e)) {
+        first[e.1 + 1] += 1;
+    }
+    for v in 0..n {
+        first[v + 1] += first[v];
+    }
+    let total = first[n] as usize;
+    let mut fill = first.clone();
+    let mut order = vec![0u32; total];
+    for (index, e) in edges.iter().enumerate() {
+        if usable(e) {
+            order[fill[e.1] as usize] = index as u32;
+            fill[e.1] += 1;
+        }
+    }
+    let mut heap = Heap { nodes: Vec::with_capacity(total) };
     let mut queue_of = vec![NIL; n];
-    for (index, &(_, b, w)) in usable.iter().enumerate() {
-        let node = heap.push(index, w);
-        queue_of[b] = heap.merge(queue_of[b], node);
+    for v in 0..n {
+        let (lo, hi) = (first[v] as usize, first[v + 1] as usize);
+        if lo == hi {
+            continue;
+        }
+        let slice = &mut order[lo..hi];
+        slice.sort_unstable_by(|&x, &y| edges[x as usize].2.total_cmp(&edges[y as usize].2).then(x.cmp(&y)));
+        for (j, &index) in slice.iter().enumerate() {
+            let left = if lo + j + 1 < hi { (lo + j + 1) as u32 } else { NIL };
+            heap.nodes.push(HeapNode { edge: index, key: edges[index as usize].2, delta: 0.0, left, right: NIL, rank: 1 });
+        }
+        queue_of[v] = lo as u32;
     }
 
     let mut uf = RollbackUnionFind::new(n);
-    let mut seen = vec![NIL; n];
+    let mut seen = vec![usize::MAX; n];
     seen[root] = root;
     let mut path = vec![0usize; n];
-    let mut chosen = vec![0usize; n];
+    let mut chosen = vec![0u32; n];
     let mut in_edge = vec![NIL; n];
     // Contracted cycles in the order they were formed: (super node, union-find time, edges of the cycle).
-    let mut cycles: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    let mut cycles: Vec<(usize, usize, Vec<u32>)> = Vec::new();
 
     for start in 0..n {
         let mut u = start;
         let mut depth = 0;
-        while seen[u] == NIL {
+        while seen[u] == usize::MAX {
             let top = queue_of[u];
             if top == NIL {
                 return None;
@@ -56,7 +84,7 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
             path[depth] = u;
             depth += 1;
             seen[u] = start;
-            u = uf.find(usable[edge].0);
+            u = uf.find(edges[edge as usize].0);
             if seen[u] == start {
                 // The walk closed a cycle: contract it into one super node and keep walking from it.
                 let mut merged = NIL;
@@ -72,12 +100,12 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
                 }
                 u = uf.find(u);
                 queue_of[u] = merged;
-                seen[u] = NIL;
+                seen[u] = usize::MAX;
                 cycles.push((u, time, chosen[depth..end].to_vec()));
             }
         }
         for &edge in &chosen[..depth] {
-            in_edge[uf.find(usable[edge].1)] = edge;
+            in_edge[uf.find(edges[edge as usize].1)] = edge;
         }
     }
 
@@ -87,10 +115,10 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
         uf.rollback(*time);
         let entering = in_edge[*node];
         for &edge in cycle {
-            in_edge[uf.find(usable[edge].1)] = edge;
+            in_edge[uf.find(edges[edge as usize].1)] = edge;
         }
         if entering != NIL {
-            in_edge[uf.find(usable[entering].1)] = entering;
+            in_edge[uf.find(edges[entering as usize].1)] = entering;
         }
     }
 
@@ -103,20 +131,20 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
         if edge == NIL {
             return None;
         }
-        *parent = Some(usable[edge].0);
+        *parent = Some(edges[edge as usize].0);
     }
     Some(parents)
 }
 
-/// One heap entry: an edge (index into the usable list) and its current key. `delta` is a pending addition for
+/// One heap entry: an edge (index into the caller's list) and its current key. `delta` is a pending addition for
 /// this node's whole subtree, pushed down lazily.
 #[derive(Clone, Copy, Debug)]
 struct HeapNode {
-    edge: usize,
     key: f64,
     delta: f64,
-    left: usize,
-    right: usize,
+    edge: u32,
+    left: u32,
+    right: u32,
     rank: u32,
 }
 
@@ -127,40 +155,35 @@ struct Heap {
 }
 
 impl Heap {
-    fn push(&mut self, edge: usize, key: f64) -> usize {
-        self.nodes.push(HeapNode { edge, key, delta: 0.0, left: NIL, right: NIL, rank: 1 });
-        self.nodes.len() - 1
+    fn rank(&self, node: u32) -> u32 {
+        if node == NIL { 0 } else { self.nodes[node as usize].rank }
     }
 
-    fn rank(&self, node: usize) -> u32 {
-        if node == NIL { 0 } else { self.nodes[node].rank }
-    }
-
-    fn push_down(&mut self, node: usize) {
-        let HeapNode { delta, left, right, .. } = self.nodes[node];
+    fn push_down(&mut self, node: u32) {
+        let HeapNode { delta, left, right, .. } = self.nodes[node as usize];
         if delta == 0.0 {
             return;
         }
-        self.nodes[node].key += delta;
-        self.nodes[node].delta = 0.0;
+        self.nodes[node as usize].key += delta;
+        self.nodes[node as usize].delta = 0.0;
         if left != NIL {
-            self.nodes[left].delta += delta;
+            self.nodes[left as usize].delta += delta;
         }
         if right != NIL {
-            self.nodes[right].delta += delta;
+            self.nodes[right as usize].delta += delta;
         }
     }
 
-    fn add(&mut self, node: usize, delta: f64) {
-        self.nodes[node].delta += delta;
+    fn add(&mut self, node: u32, delta: f64) {
+        self.nodes[node as usize].delta += delta;
     }
 
-    fn top(&mut self, node: usize) -> (usize, f64) {
+    fn top(&mut self, node: u32) -> (u32, f64) {
         self.push_down(node);
-        (self.nodes[node].edge, self.nodes[node].key)
+        (self.nodes[node as usize].edge, self.nodes[node as usize].key)
     }
 
-    fn merge(&mut self, a: usize, b: usize) -> usize {
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
         if a == NIL {
             return b;
         }
@@ -169,21 +192,23 @@ impl Heap {
         }
         self.push_down(a);
         self.push_down(b);
-        let (a, b) = if self.nodes[b].key < self.nodes[a].key { (b, a) } else { (a, b) };
-        let right = self.merge(self.nodes[a].right, b);
-        self.nodes[a].right = right;
-        if self.rank(self.nodes[a].left) < self.rank(right) {
-            let left = self.nodes[a].left;
-            self.nodes[a].left = right;
-            self.nodes[a].right = left;
+        let (a, b) = if self.nodes[b as usize].key < self.nodes[a as usize].key { (b, a) } else { (a, b) };
+        let right = self.merge(self.nodes[a as usize].right, b);
+        let node = &mut self.nodes[a as usize];
+        node.right = right;
+        let left = node.left;
+        if self.rank(left) < self.rank(right) {
+            let node = &mut self.nodes[a as usize];
+            node.left = right;
+            node.right = left;
         }
-        self.nodes[a].rank = self.rank(self.nodes[a].right) + 1;
+        self.nodes[a as usize].rank = self.rank(self.nodes[a as usize].right) + 1;
         a
     }
 
-    fn pop(&mut self, node: usize) -> usize {
+    fn pop(&mut self, node: u32) -> u32 {
         self.push_down(node);
-        let HeapNode { left, right, .. } = self.nodes[node];
+        let HeapNode { left, right, .. } = self.nodes[node as usize];
         self.merge(left, right)
     }
 }

@@ -4,19 +4,25 @@
 //! sketches `S = R·W·Cᵀ` and paired samples) and a [`Prior`] read from its card and configs. [`recover`] returns
 //! typed, directed [`Edge`]s and the families (clusters of related models) they live in. The pipeline:
 //!
-//! 1. [`prepare`] groups models by architecture fingerprint, computes every sketch inner product inside a group
-//!    once (a Gram matrix per tensor: cosines, distances and least-squares fits all derive from it) and joins
-//!    significantly related pairs into families with a [`union_find::UnionFind`]. No oracle number of trees.
-//! 2. [`solve`] types and orients the edges inside each family (duplicates, quantized and adapter children,
+//! 1. An [`Index`] groups models by architecture fingerprint (`prepare`), picks candidate pairs inside a group
+//!    (all pairs in small groups, screened nearest neighbours in large ones), compares them exactly by sketch
+//!    inner products and joins significantly related pairs into families with a [`union_find::UnionFind`]. No
+//!    oracle number of trees.
+//! 2. `solve` types and orients the edges inside each family (duplicates, quantized and adapter children,
 //!    merges, LoRA versus full fine-tunes) and places the rest with a minimum arborescence
 //!    ([`edmonds::min_arborescence`]) over distance plus direction-prior costs, with a virtual root.
-//! 3. [`mother`] is the MoTHer baseline (ℓ_FT distance, kurtosis direction, λ = 0.3) on the same families.
+//! 3. `mother` is the MoTHer baseline (ℓ_FT distance, kurtosis direction, λ = 0.3) on the same families.
+//!
+//! [`recover`] is the batch entry point: an index filled at once and solved. The daemon keeps an [`Index`]
+//! alive instead, adds and removes models as the Hub changes and re-solves only the families touched
+//! ([`Index::solve_touched`]); the result is identical to a batch recovery of the same models.
 //!
 //! [`eval`] scores a recovery against ground truth. The crate does no IO of any kind: callers read files, cards
 //! and clocks and hand the results in.
 
 pub mod edmonds;
 pub mod eval;
+mod index;
 mod mother;
 mod numeric;
 mod prepare;
@@ -26,6 +32,10 @@ mod testkit;
 pub mod union_find;
 
 use signature::ModelSignature;
+
+pub use index::{
+    DENSE_LIMIT, FamilySolution, FamilyUpdate, Index, OwnedModelInput, SCREEN_DIM, SCREEN_NEIGHBOURS, Touched,
+};
 
 /// How a child was made from its parent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -223,6 +233,13 @@ pub struct Options {
     pub lora_cost_factor: f64,
     /// MoTHer's λ: the kurtosis penalty is `λ·mean(D)`. Default 0.3, as in the paper.
     pub mother_lambda: f64,
+    /// Architecture groups up to this size compare every pair of models exactly; larger groups compare each
+    /// model only with its screened nearest neighbours (design §4.1). Default [`DENSE_LIMIT`] (300): all-pairs
+    /// is O(n²·tensors), affordable there and exact.
+    pub dense_limit: usize,
+    /// Screened nearest neighbours per model in a large group. Default [`SCREEN_NEIGHBOURS`] (32), above the
+    /// 24 candidate parents the solver keeps per model.
+    pub screen_neighbours: usize,
 }
 
 impl Default for Options {
@@ -242,6 +259,8 @@ impl Default for Options {
             declared_base_weight: 0.5,
             lora_cost_factor: 0.5,
             mother_lambda: 0.3,
+            dense_limit: DENSE_LIMIT,
+            screen_neighbours: SCREEN_NEIGHBOURS,
         }
     }
 }
@@ -255,25 +274,12 @@ pub struct Recovery {
     pub families: Vec<Vec<String>>,
 }
 
-/// Recovers typed lineage edges and families. Pure and deterministic: the same input gives the same output.
+/// Recovers typed lineage edges and families. Pure and deterministic: the result depends on the set of
+/// models, not their order. Ids are expected to be unique; of models sharing an id the last one counts.
 pub fn recover(models: &[ModelInput<'_>], options: &Options) -> Recovery {
-    let prepared = prepare::prepare(models, options);
-    let mut edges = match options.method {
-        Method::Default => solve::solve(&prepared, options),
-        Method::Mother => mother::solve(&prepared, options),
-    };
-    edges.sort_by(|a, b| (&a.child, &a.parent).cmp(&(&b.child, &b.parent)));
-    let mut families: Vec<Vec<String>> = prepared
-        .families
-        .iter()
-        .map(|family| {
-            let mut ids: Vec<String> = family.iter().map(|&m| models[m].id.to_owned()).collect();
-            ids.sort();
-            ids
-        })
-        .collect();
-    families.sort();
-    Recovery { edges, families }
+    let mut index = Index::new(options.clone());
+    index.add_borrowed(models);
+    index.recovery()
 }
 
 #[cfg(test)]

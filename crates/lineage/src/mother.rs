@@ -21,34 +21,31 @@
 //!   recipe and get no edge; every edge is typed `finetune`, since MoTHer knows no types.
 
 use crate::edmonds::min_arborescence;
-use crate::prepare::{Group, Prepared};
+use crate::index::{Group, Index};
+use crate::solve::unplaced_full_by_group;
 use crate::{Edge, EdgeSource, Options, Relation};
 
 const OUTPUT_LAYER_NAMES: [&str; 5] = ["o_proj", "out_proj", "c_proj", ".wo.", "dense"];
 
-pub(crate) fn solve(p: &Prepared<'_>, options: &Options) -> Vec<Edge> {
+/// Solves one family; `members` are node ids in id order, the order MoTHer's `i < j` refers to.
+pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Edge> {
     let mut edges = Vec::new();
-    for family in &p.families {
-        let by_group = p.unplaced_full_by_group(family);
-        for (g, mut positions) in by_group {
-            if positions.len() < 2 {
-                continue;
-            }
-            let group = &p.groups[g];
-            positions.sort_by_key(|&q| p.models[group.members[q]].id);
-            solve_cluster(p, group, &positions, options, &mut edges);
+    for (g, positions) in unplaced_full_by_group(ix, members) {
+        if positions.len() >= 2 {
+            solve_cluster(ix, ix.group(g), &positions, ix.options(), &mut edges);
         }
     }
     edges
 }
 
 /// Values standing in for a layer's weights: the paired samples, or the sketch when there are none.
-fn layer_values<'g>(group: &'g Group<'_>, member: usize, slot: usize) -> &'g [f32] {
-    let t = group.tensors[member][slot];
-    if t.samples.is_empty() { group.sketch(member, slot) } else { &t.samples }
+fn layer_values<'g>(ix: &'g Index<'_>, member: usize, slot: usize) -> &'g [f32] {
+    let node = ix.node(member);
+    let t = node.tensor(slot);
+    if t.samples.is_empty() { node.sketch(slot) } else { &t.samples }
 }
 
-fn solve_cluster(p: &Prepared<'_>, group: &Group<'_>, positions: &[usize], options: &Options, edges: &mut Vec<Edge>) {
+fn solve_cluster(ix: &Index<'_>, group: &Group, positions: &[usize], options: &Options, edges: &mut Vec<Edge>) {
     let n = positions.len();
     let square: Vec<usize> = (0..group.slots.len()).filter(|&t| group.slots[t].is_square()).collect();
     let layers: Vec<usize> = if square.is_empty() { (0..group.slots.len()).collect() } else { square };
@@ -64,7 +61,7 @@ fn solve_cluster(p: &Prepared<'_>, group: &Group<'_>, positions: &[usize], optio
     for (l, &t) in layers.iter().enumerate() {
         for i in 0..n {
             for j in i + 1..n {
-                let (a, b) = (layer_values(group, positions[i], t), layer_values(group, positions[j], t));
+                let (a, b) = (layer_values(ix, positions[i], t), layer_values(ix, positions[j], t));
                 for (x, y) in a.iter().zip(b) {
                     let delta = f64::from(*x) - f64::from(*y);
                     range[l].0 = range[l].0.min(delta);
@@ -80,7 +77,7 @@ fn solve_cluster(p: &Prepared<'_>, group: &Group<'_>, positions: &[usize], optio
             for (l, &t) in layers.iter().enumerate() {
                 let (lo, hi) = range[l];
                 let width = hi - lo;
-                let (a, b) = (layer_values(group, positions[i], t), layer_values(group, positions[j], t));
+                let (a, b) = (layer_values(ix, positions[i], t), layer_values(ix, positions[j], t));
                 let top = a.iter().zip(b).map(|(x, y)| f64::from(*x) - f64::from(*y)).fold(f64::NEG_INFINITY, f64::max);
                 let normalised = if width > 0.0 && top.is_finite() { (top - lo) / width } else { 0.0 };
                 d = d.max(normalised);
@@ -94,7 +91,7 @@ fn solve_cluster(p: &Prepared<'_>, group: &Group<'_>, positions: &[usize], optio
     let ku: Vec<f64> = positions
         .iter()
         .map(|&q| {
-            kurtosis_layers.iter().filter_map(|&t| group.tensors[q][t].moments.map(|m| m.excess_kurtosis())).sum()
+            kurtosis_layers.iter().filter_map(|&t| ix.node(q).tensor(t).moments.map(|m| m.excess_kurtosis())).sum()
         })
         .collect();
 
@@ -118,8 +115,8 @@ fn solve_cluster(p: &Prepared<'_>, group: &Group<'_>, positions: &[usize], optio
         let margin = if next.is_finite() { ((next - cost(i, j)) / unit).clamp(0.0, 1.0) } else { 1.0 };
         let direction = ((cost(j, i) - cost(i, j)) / unit).clamp(0.0, 1.0);
         edges.push(Edge {
-            parent: p.models[group.members[positions[i]]].id.to_owned(),
-            child: p.models[group.members[positions[j]]].id.to_owned(),
+            parent: ix.node(positions[i]).id.to_string(),
+            child: ix.node(positions[j]).id.to_string(),
             relation: Relation::Finetune,
             confidence: (margin + direction) / 2.0,
             source: EdgeSource::Weights,

@@ -16,19 +16,21 @@
 //!    `lora` (low-rank sketched difference) or `finetune`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use signature::ValueSource;
 
 use crate::edmonds::min_arborescence;
+use crate::index::{Group, Index, MergeMemo};
 use crate::numeric::{cast_equal, effective_rank, mantissa_bits, numerical_rank, singular_values};
-use crate::prepare::{Group, Kind, Prepared, is_block_weight};
+use crate::prepare::{Kind, is_block_weight};
 use crate::union_find::UnionFind;
 use crate::{Edge, EdgeSource, Options, Relation};
 
 /// Above this many models a family's arborescence only gets each model's nearest related candidates.
-const DENSE_LIMIT: usize = 300;
+const SPARSE_ABOVE: usize = 300;
 /// Candidate parents per model in large families.
-const NEAREST: usize = 24;
+const NEAREST: usize = 12;
 /// Merge parents are searched among this many nearest relatives of the child.
 const MERGE_CANDIDATES: usize = 12;
 /// Merge recipes weight a parent by at most 1 (task arithmetic's λ ≤ 1, convex linear weights); a fit that
@@ -43,59 +45,78 @@ const RANK_SLOTS: usize = 16;
 /// Rounds of cycle repair after merges (each removes one edge, so this bounds the work, not correctness).
 const MERGE_REPAIRS: usize = 64;
 
-pub(crate) fn solve(p: &Prepared<'_>, options: &Options) -> Vec<Edge> {
+/// Solves one family: `members` are node ids in id order (so the result depends on the member set only).
+pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Edge> {
     let mut edges = Vec::new();
-    for (i, fixed) in p.fixed.iter().enumerate() {
-        let Some(f) = fixed else { continue };
-        let relation = match p.kinds[i] {
+    for &i in members {
+        let node = ix.node(i);
+        let Some(f) = node.fixed else { continue };
+        let relation = match node.kind {
             Kind::Adapter => Relation::Adapter,
-            _ if p.quantized[i] && !p.quantized[f.parent] => Relation::Quantized,
-            _ => p.models[i].prior.declared_relation.unwrap_or(Relation::Finetune),
+            _ if node.quantized && !ix.node(f.parent).quantized => Relation::Quantized,
+            _ => node.prior.declared_relation.unwrap_or(Relation::Finetune),
         };
-        edges.push(edge(p, f.parent, i, relation, f.confidence, f.source));
+        edges.push(edge(ix, f.parent, i, relation, f.confidence, f.source));
     }
-    for family in &p.families {
-        let by_group = p.unplaced_full_by_group(family);
-        for (g, positions) in by_group {
-            if positions.len() >= 2 {
-                Subset::new(p, &p.groups[g], positions, options).solve(&mut edges);
+    for (g, models) in unplaced_full_by_group(ix, members) {
+        if models.len() >= 2 {
+            let t = std::time::Instant::now();
+            let s = Subset::new(ix, g, models);
+            if std::env::var_os("MT_PROF").is_some() {
+                eprintln!("  subset new: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
             }
+            s.solve(&mut edges);
         }
     }
     edges
 }
 
-fn edge(
-    p: &Prepared<'_>,
-    parent: usize,
-    child: usize,
-    relation: Relation,
-    confidence: f64,
-    source: EdgeSource,
-) -> Edge {
+/// The family's full models that no typed rule has placed yet, grouped by architecture group in first-seen
+/// order: the input of both arborescence solvers.
+pub(crate) fn unplaced_full_by_group(ix: &Index<'_>, members: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    let mut by_group: Vec<(usize, Vec<usize>)> = Vec::new();
+    for &m in members {
+        let node = ix.node(m);
+        if node.kind != Kind::Full || node.fixed.is_some() {
+            continue;
+        }
+        let Some(g) = node.group else { continue };
+        match by_group.iter_mut().find(|(gg, _)| *gg == g) {
+            Some((_, models)) => models.push(m),
+            None => by_group.push((g, vec![m])),
+        }
+    }
+    by_group
+}
+
+fn edge(ix: &Index<'_>, parent: usize, child: usize, relation: Relation, confidence: f64, source: EdgeSource) -> Edge {
     Edge {
-        parent: p.models[parent].id.to_owned(),
-        child: p.models[child].id.to_owned(),
+        parent: ix.node(parent).id.to_string(),
+        child: ix.node(child).id.to_string(),
         relation,
         confidence: confidence.clamp(0.0, 1.0),
         source,
     }
 }
 
-/// The full models of one family inside one architecture group, indexed locally `0..n`.
+/// The full models of one family inside one architecture group, indexed locally `0..n` in id order.
 struct Subset<'a, 'm> {
-    p: &'a Prepared<'m>,
-    group: &'a Group<'m>,
+    ix: &'a Index<'m>,
+    group: &'a Group,
     options: &'a Options,
-    /// Group positions of the local nodes.
-    pos: Vec<usize>,
-    /// Model indices of the local nodes.
+    /// Node ids of the local nodes.
     model: Vec<usize>,
-    dist: Vec<f64>,
-    related: Vec<bool>,
+    /// Related candidate partners of each local node with their distance, by local index: node `a`'s list is
+    /// `adj_list[adj_start[a]..adj_start[a + 1]]` (one flat array, since a 10,000-model family has ~10⁶ entries).
+    adj_start: Vec<usize>,
+    adj_list: Vec<(usize, f64)>,
+    /// The same lists ordered by distance (ties by local index): nearest relatives first.
+    near_list: Vec<(usize, f64)>,
+    /// Per local node, copied out of the index so the per-edge work touches no node records.
+    created: Vec<Option<i64>>,
+    quantized: Vec<bool>,
     /// Mean distance over related pairs: the unit of every direction penalty.
     scale: f64,
-    low_rank: HashMap<(usize, usize), Option<bool>>,
     /// `(ancestor, descendant)` pairs implied by task-arithmetic merges (their base precedes both parents).
     ancestors: Vec<(usize, usize)>,
 }
@@ -110,57 +131,115 @@ struct Merge {
     confidence: f64,
 }
 
+/// Sketch inner products among a model and its nearest relatives, for least-squares fits.
+struct Table {
+    /// Local indices; the first is the model being explained.
+    nodes: Vec<usize>,
+    /// `dots[i·m + j]` per slot.
+    dots: Vec<Arc<[f64]>>,
+}
+
+impl Table {
+    fn g(&self, t: usize, x: usize, y: usize) -> f64 {
+        let m = self.nodes.len();
+        let pos = |a: usize| self.nodes.iter().position(|&b| b == a).unwrap_or(0);
+        self.dots[pos(x) * m + pos(y)][t]
+    }
+}
+
 impl<'a, 'm> Subset<'a, 'm> {
-    fn new(p: &'a Prepared<'m>, group: &'a Group<'m>, pos: Vec<usize>, options: &'a Options) -> Subset<'a, 'm> {
-        let n = pos.len();
-        let model: Vec<usize> = pos.iter().map(|&q| group.members[q]).collect();
-        let mut dist = vec![0.0; n * n];
-        let mut related = vec![false; n * n];
+    fn new(ix: &'a Index<'m>, g: usize, model: Vec<usize>) -> Subset<'a, 'm> {
+        let n = model.len();
+        // Node id → local index, as a flat table: the family's lookups are the solve's inner loop.
+        let mut local = vec![u32::MAX; model.iter().copied().max().map_or(0, |m| m + 1)];
+        for (a, &m) in model.iter().enumerate() {
+            local[m] = a as u32;
+        }
+        let mut adj_start = Vec::with_capacity(n + 1);
+        let mut adj_list: Vec<(usize, f64)> = Vec::new();
+        adj_start.push(0);
+        for &m in &model {
+            let from = adj_list.len();
+            for (&b, summary) in &ix.node(m).cands {
+                if summary.related
+                    && let Some(&lb) = local.get(b)
+                    && lb != u32::MAX
+                {
+                    adj_list.push((lb as usize, summary.distance));
+                }
+            }
+            adj_list[from..].sort_unstable_by_key(|e| e.0);
+            adj_start.push(adj_list.len());
+        }
+        // By distance, ties in id order: what a stable sort of the id-ordered list gives.
+        let mut near_list = adj_list.clone();
+        for a in 0..n {
+            near_list[adj_start[a]..adj_start[a + 1]].sort_unstable_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+        }
         let (mut sum, mut count) = (0.0, 0usize);
         for a in 0..n {
-            for b in a + 1..n {
-                let d = group.distance(pos[a], pos[b]);
-                let r = group.related(pos[a], pos[b]);
-                dist[a * n + b] = d;
-                dist[b * n + a] = d;
-                related[a * n + b] = r;
-                related[b * n + a] = r;
-                if r {
+            for &(b, d) in &adj_list[adj_start[a]..adj_start[a + 1]] {
+                if b > a {
                     sum += d;
                     count += 1;
                 }
             }
         }
         let scale = if count > 0 && sum > 0.0 { sum / count as f64 } else { 1.0 };
-        Subset { p, group, options, pos, model, dist, related, scale, low_rank: HashMap::new(), ancestors: Vec::new() }
+        let created = model.iter().map(|&m| ix.node(m).prior.created_at).collect();
+        let quantized = model.iter().map(|&m| ix.node(m).quantized).collect();
+        Subset {
+            ix,
+            group: ix.group(g),
+            options: ix.options(),
+            model,
+            adj_start,
+            adj_list,
+            near_list,
+            created,
+            quantized,
+            scale,
+            ancestors: Vec::new(),
+        }
     }
 
     fn n(&self) -> usize {
-        self.pos.len()
+        self.model.len()
     }
 
+    fn adj(&self, a: usize) -> &[(usize, f64)] {
+        &self.adj_list[self.adj_start[a]..self.adj_start[a + 1]]
+    }
+
+    /// `adj(a)` nearest first.
+    fn near(&self, a: usize) -> &[(usize, f64)] {
+        &self.near_list[self.adj_start[a]..self.adj_start[a + 1]]
+    }
+
+    fn find(&self, a: usize, b: usize) -> Option<f64> {
+        let adj = self.adj(a);
+        adj.binary_search_by_key(&b, |e| e.0).ok().map(|i| adj[i].1)
+    }
+
+    /// Distance of a related pair (the only pairs the solver compares).
     fn d(&self, a: usize, b: usize) -> f64 {
-        self.dist[a * self.n() + b]
-    }
-
-    fn is_related(&self, a: usize, b: usize) -> bool {
-        self.related[a * self.n() + b]
+        self.find(a, b).unwrap_or(f64::INFINITY)
     }
 
     fn declares(&self, child: usize, parent: usize) -> bool {
-        self.p.declares(self.model[child], self.model[parent])
+        self.ix.declares(self.model[child], self.model[parent])
     }
 
     fn created(&self, a: usize) -> Option<i64> {
-        self.p.models[self.model[a]].prior.created_at
+        self.created[a]
     }
 
     fn id(&self, a: usize) -> &str {
-        self.p.models[self.model[a]].id
+        &self.ix.node(self.model[a]).id
     }
 
     fn quantized(&self, a: usize) -> bool {
-        self.p.quantized[self.model[a]]
+        self.quantized[a]
     }
 
     fn source(&self, parent: usize, child: usize) -> EdgeSource {
@@ -168,6 +247,14 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     fn solve(mut self, edges: &mut Vec<Edge>) {
+        let prof = std::env::var_os("MT_PROF").is_some();
+        let mut t0 = std::time::Instant::now();
+        let mut span = |name: &str| {
+            if prof {
+                eprintln!("  {name}: {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
+            }
+            t0 = std::time::Instant::now();
+        };
         let n = self.n();
         let mut active = vec![true; n];
 
@@ -177,7 +264,7 @@ impl<'a, 'm> Subset<'a, 'm> {
             active[child] = false;
             let confidence = if exact { 1.0 } else { 0.9 };
             edges.push(edge(
-                self.p,
+                self.ix,
                 self.model[parent],
                 self.model[child],
                 Relation::Duplicate,
@@ -186,15 +273,16 @@ impl<'a, 'm> Subset<'a, 'm> {
             ));
         }
 
+        span("dups");
         // 2. Quantized children of a non-quantised relative.
         let plain: Vec<usize> = (0..n).filter(|&a| !self.quantized(a)).collect();
         if !plain.is_empty() {
             let children: Vec<usize> = (0..n).filter(|&v| active[v] && self.quantized(v)).collect();
             for v in children {
-                if let Some((parent, confidence)) = self.quantized_parent(v, &plain, &active) {
+                if let Some((parent, confidence)) = self.quantized_parent(v, &active) {
                     active[v] = false;
                     edges.push(edge(
-                        self.p,
+                        self.ix,
                         self.model[parent],
                         self.model[v],
                         Relation::Quantized,
@@ -208,7 +296,8 @@ impl<'a, 'm> Subset<'a, 'm> {
         // 3. Merges among the remaining models.
         let nodes: Vec<usize> = (0..n).filter(|&a| active[a]).collect();
         let features = self.direction_features(&nodes);
-        let found: Vec<Option<Merge>> = (0..n).map(|v| if active[v] { self.merge(v, &nodes) } else { None }).collect();
+        span("quant+features");
+        let found: Vec<Option<Merge>> = (0..n).map(|v| if active[v] { self.merge(v, &active) } else { None }).collect();
         let merges = self.resolve_merges(found, &features);
         for m in merges.iter().flatten() {
             for &base in m.regressors.iter().filter(|r| !m.parents.contains(r)) {
@@ -216,17 +305,22 @@ impl<'a, 'm> Subset<'a, 'm> {
             }
         }
 
+        span("merges");
         // 4. Arborescence.
-        let mut candidates = self.candidate_edges(&nodes, &features, &merges);
+        let mut candidates = self.candidate_edges(&nodes, &active, &features, &merges);
+        span("candidates");
         let root = n;
         let mut repairs = 0;
         let parents = loop {
+            // The root edges follow the candidates in the same list, so a repair only rewrites their cost.
             let tau = root_cost(&candidates, self.scale);
-            let mut all = candidates.clone();
-            all.extend(nodes.iter().map(|&v| (root, v, tau)));
+            let count = candidates.len();
+            candidates.extend(nodes.iter().map(|&v| (root, v, tau)));
             // Inactive nodes get a free root edge so the arborescence spans every index.
-            all.extend((0..n).filter(|&v| !active[v]).map(|v| (root, v, 0.0)));
-            let Some(parents) = min_arborescence(n + 1, root, &all) else { return };
+            candidates.extend((0..n).filter(|&v| !active[v]).map(|v| (root, v, 0.0)));
+            let found = min_arborescence(n + 1, root, &candidates);
+            candidates.truncate(count);
+            let Some(parents) = found else { return };
             match merge_cycle(&parents, &merges, root) {
                 Some(bad) if repairs < MERGE_REPAIRS => {
                     repairs += 1;
@@ -236,11 +330,14 @@ impl<'a, 'm> Subset<'a, 'm> {
             }
         };
 
+        span("edmonds");
+        let tau = root_cost(&candidates, self.scale);
+        let incoming = Incoming::new(n, &candidates);
         for &v in &nodes {
             if let Some(m) = &merges[v] {
                 for parent in m.parents {
                     let source = self.source(parent, v);
-                    edges.push(edge(self.p, self.model[parent], self.model[v], Relation::Merge, m.confidence, source));
+                    edges.push(edge(self.ix, self.model[parent], self.model[v], Relation::Merge, m.confidence, source));
                 }
                 continue;
             }
@@ -252,9 +349,10 @@ impl<'a, 'm> Subset<'a, 'm> {
             } else {
                 Relation::Finetune
             };
-            let confidence = self.confidence(parent, v, &candidates);
-            edges.push(edge(self.p, self.model[parent], self.model[v], relation, confidence, self.source(parent, v)));
+            let confidence = self.confidence(parent, v, &incoming, tau);
+            edges.push(edge(self.ix, self.model[parent], self.model[v], relation, confidence, self.source(parent, v)));
         }
+        span("confidence+edges");
     }
 
     /// `(child, parent, exact)` for every non-representative duplicate.
@@ -262,10 +360,11 @@ impl<'a, 'm> Subset<'a, 'm> {
         let n = self.n();
         let mut uf = UnionFind::new(n);
         let mut exact_pairs = HashMap::new();
+        // Only related pairs: a distance under 2 % means a mean sketch cosine near 1.
         for a in 0..n {
-            for b in a + 1..n {
+            for &(b, d) in self.adj(a).iter().filter(|e| e.0 > a) {
                 // Rounding to bf16 moves a tensor by well under 1 %; anything farther cannot be a cast.
-                if self.d(a, b) > 0.02 {
+                if d > 0.02 {
                     continue;
                 }
                 if let Some(exact) = self.duplicate_pair(a, b) {
@@ -306,7 +405,8 @@ impl<'a, 'm> Subset<'a, 'm> {
 
     /// Mantissa bits of the model's 2-D float tensors (the coarsest one): an f32 original outranks its bf16 cast.
     fn precision(&self, a: usize) -> u32 {
-        self.p.models[self.model[a]]
+        self.ix
+            .node(self.model[a])
             .signature
             .tensors
             .iter()
@@ -318,24 +418,26 @@ impl<'a, 'm> Subset<'a, 'm> {
 
     /// The widest mantissa actually used by the samples of the 2-D float tensors (f32 view).
     fn bits_in_use(&self, a: usize) -> u32 {
-        self.p.models[self.model[a]]
-            .signature
-            .tensors
-            .iter()
-            .filter(|t| t.shape.len() == 2 && t.dtype.is_float())
-            .flat_map(|t| t.samples.iter())
-            .map(|x| {
-                let mantissa = x.to_bits() & 0x007f_ffff;
-                if mantissa == 0 { 0 } else { 23 - mantissa.trailing_zeros() }
-            })
-            .max()
-            .unwrap_or(0)
+        let node = self.ix.node(self.model[a]);
+        *node.bits_in_use.get_or_init(|| {
+            node.signature
+                .tensors
+                .iter()
+                .filter(|t| t.shape.len() == 2 && t.dtype.is_float())
+                .flat_map(|t| t.samples.iter())
+                .map(|x| {
+                    let mantissa = x.to_bits() & 0x007f_ffff;
+                    if mantissa == 0 { 0 } else { 23 - mantissa.trailing_zeros() }
+                })
+                .max()
+                .unwrap_or(0)
+        })
     }
 
     /// `Some(exact)` when `a` and `b` hold the same tensors, byte-equal (`exact`) or equal up to a cast.
     fn duplicate_pair(&self, a: usize, b: usize) -> Option<bool> {
-        let ta = &self.p.models[self.model[a]].signature.tensors;
-        let tb = &self.p.models[self.model[b]].signature.tensors;
+        let ta = &self.ix.node(self.model[a]).signature.tensors;
+        let tb = &self.ix.node(self.model[b]).signature.tensors;
         if ta.len() != tb.len() {
             return None;
         }
@@ -372,9 +474,8 @@ impl<'a, 'm> Subset<'a, 'm> {
 
     /// The closest non-quantised relative; within 5 % of the closest, a declared base wins the tie (a bf16 copy
     /// and its f32 original are equally close to their int8 child).
-    fn quantized_parent(&self, v: usize, plain: &[usize], active: &[bool]) -> Option<(usize, f64)> {
-        let mut ranked: Vec<usize> = plain.iter().copied().filter(|&u| u != v && self.is_related(u, v)).collect();
-        ranked.sort_by(|&x, &y| self.d(x, v).total_cmp(&self.d(y, v)));
+    fn quantized_parent(&self, v: usize, active: &[bool]) -> Option<(usize, f64)> {
+        let ranked: Vec<usize> = self.near(v).iter().map(|e| e.0).filter(|&u| !self.quantized(u)).collect();
         let best = *ranked.first()?;
         let near: Vec<usize> = ranked.iter().copied().filter(|&u| self.d(u, v) <= 1.05 * self.d(best, v)).collect();
         let parent = near
@@ -395,19 +496,64 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// arithmetic: `base + λ₁(P₁ − base) + λ₂(P₂ − base)` is linear in `P₁, P₂, base`), if it beats every single
     /// relative clearly. The parents are the two regressors with the largest coefficients (the base's
     /// coefficient `1 − λ₁ − λ₂` is the smallest in every recipe we know).
-    fn merge(&self, v: usize, nodes: &[usize]) -> Option<Merge> {
-        let mut near: Vec<usize> = nodes.iter().copied().filter(|&u| u != v && self.is_related(u, v)).collect();
+    fn merge(&self, v: usize, active: &[bool]) -> Option<Merge> {
+        let near: Vec<usize> =
+            self.near(v).iter().map(|e| e.0).filter(|&u| active[u]).take(MERGE_CANDIDATES).collect();
         if near.len() < 2 || self.group.slots.is_empty() {
             return None;
         }
-        near.sort_by(|&x, &y| self.d(x, v).total_cmp(&self.d(y, v)));
-        near.truncate(MERGE_CANDIDATES);
-        let single = near.iter().map(|&u| self.fit(v, &[u]).0).fold(f64::INFINITY, f64::min);
+        // The fit depends on the model, these relatives and its declarations only: reuse an earlier answer.
+        let same_key = |memo: &MergeMemo| {
+            memo.key.0.len() == near.len()
+                && memo.key.0.iter().zip(&near).all(|(&m, &u)| m == self.model[u])
+                && memo.key.1.iter().zip(&near).all(|(&declared, &u)| declared == self.declares(v, u))
+        };
+        if let Some(memo) = self.ix.merges.borrow().get(&self.model[v])
+            && same_key(memo)
+        {
+            let local = |m: usize| near.iter().copied().find(|&u| self.model[u] == m);
+            return memo.found.as_ref().and_then(|(parents, regressors, confidence)| {
+                Some(Merge {
+                    parents: [local(parents[0])?, local(parents[1])?],
+                    regressors: regressors.iter().map(|&r| local(r)).collect::<Option<Vec<usize>>>()?,
+                    confidence: *confidence,
+                })
+            });
+        }
+        let key = (
+            near.iter().map(|&u| self.model[u]).collect::<Vec<usize>>(),
+            near.iter().map(|&u| self.declares(v, u)).collect::<Vec<bool>>(),
+        );
+        let found = self.fit_merge(v, &near);
+        let memo = found.as_ref().map(|m| {
+            (
+                [self.model[m.parents[0]], self.model[m.parents[1]]],
+                m.regressors.iter().map(|&r| self.model[r]).collect(),
+                m.confidence,
+            )
+        });
+        self.ix.merges.borrow_mut().insert(self.model[v], MergeMemo { key, found: memo });
+        found
+    }
+
+    fn fit_merge(&self, v: usize, near: &[usize]) -> Option<Merge> {
+        let mut nodes = vec![v];
+        nodes.extend_from_slice(near);
+        let m = nodes.len();
+        let mut dots = Vec::with_capacity(m * m);
+        for &x in &nodes {
+            for &y in &nodes {
+                let (a, b) = (self.model[x], self.model[y]);
+                dots.push(if a == b { Arc::from(self.ix.node(a).norms.as_slice()) } else { self.ix.dots(a, b) });
+            }
+        }
+        let table = Table { nodes, dots };
+        let single = near.iter().map(|&u| self.fit(&table, v, &[u]).0).fold(f64::INFINITY, f64::min);
 
         let mut best: Option<(f64, Vec<usize>, Vec<f64>)> = None;
         for (i, &p1) in near.iter().enumerate() {
             for &p2 in &near[i + 1..] {
-                let (resid, coef) = self.fit(v, &[p1, p2]);
+                let (resid, coef) = self.fit(&table, v, &[p1, p2]);
                 if best.as_ref().is_none_or(|b| resid < b.0) {
                     best = Some((resid, vec![p1, p2], coef));
                 }
@@ -418,7 +564,7 @@ impl<'a, 'm> Subset<'a, 'm> {
         for (i, &p1) in few.iter().enumerate() {
             for (j, &p2) in few.iter().enumerate().skip(i + 1) {
                 for &p3 in &few[j + 1..] {
-                    let (r3, c3) = self.fit(v, &[p1, p2, p3]);
+                    let (r3, c3) = self.fit(&table, v, &[p1, p2, p3]);
                     // A third regressor must earn its place: half the two-parent residual at least.
                     if r3 < 0.5 * resid {
                         (resid, regressors, coef) = (r3, vec![p1, p2, p3], c3);
@@ -481,14 +627,13 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// recipes use one weight for every tensor), each slot weighted by `1/‖S_v,t‖²` so every layer counts the
     /// same. Built from summed Gram entries. Returns the relative residual (root mean square over slots) and
     /// the coefficients; a singular system explains nothing (residual 1).
-    fn fit(&self, v: usize, regressors: &[usize]) -> (f64, Vec<f64>) {
-        let g = self.group;
+    fn fit(&self, g: &Table, v: usize, regressors: &[usize]) -> (f64, Vec<f64>) {
         let m = regressors.len();
-        let pv = self.pos[v];
+        let pv = v;
         let mut a = [[0.0f64; 4]; 3];
         let mut gvv_sum = 0.0;
         let mut slots = 0usize;
-        for t in 0..g.slots.len() {
+        for t in 0..self.group.slots.len() {
             let gvv = g.g(t, pv, pv);
             if gvv <= 0.0 {
                 continue;
@@ -497,9 +642,9 @@ impl<'a, 'm> Subset<'a, 'm> {
             gvv_sum += 1.0;
             for (r, &x) in regressors.iter().enumerate() {
                 for (c, &y) in regressors.iter().enumerate() {
-                    a[r][c] += g.g(t, self.pos[x], self.pos[y]) / gvv;
+                    a[r][c] += g.g(t, x, y) / gvv;
                 }
-                a[r][3] += g.g(t, self.pos[x], pv) / gvv;
+                a[r][3] += g.g(t, x, pv) / gvv;
             }
         }
         let rhs: Vec<f64> = (0..m).map(|r| a[r][3]).collect();
@@ -517,13 +662,17 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     /// Whether the sketched difference of `a` and `b` is low-rank (`None` when no tensor changed).
-    fn low_rank_pair(&mut self, a: usize, b: usize) -> Option<bool> {
-        let key = (a.min(b), a.max(b));
-        if let Some(&known) = self.low_rank.get(&key) {
+    /// Cached in the index by node pair; computed with the pair in id order so the answer never depends on
+    /// which edge asked first.
+    fn low_rank_pair(&self, a: usize, b: usize) -> Option<bool> {
+        let (ma, mb) = (self.model[a], self.model[b]);
+        let key = (ma.min(mb), ma.max(mb));
+        if let Some(&known) = self.ix.low_rank.borrow().get(&key) {
             return known;
         }
+        let (a, b) = if self.id(a) <= self.id(b) { (a, b) } else { (b, a) };
         let result = self.compute_low_rank(a, b);
-        self.low_rank.insert(key, result);
+        self.ix.low_rank.borrow_mut().insert(key, result);
         result
     }
 
@@ -533,20 +682,22 @@ impl<'a, 'm> Subset<'a, 'm> {
             return Some(false);
         }
         let g = self.group;
-        let (x, y) = (self.pos[a], self.pos[b]);
+        let (x, y) = (self.ix.node(self.model[a]), self.ix.node(self.model[b]));
+        let dots = self.ix.dots(self.model[a], self.model[b]);
         let slots = g.slots.len();
         let k = g.k;
         let step = slots.div_ceil(RANK_SLOTS).max(1);
         let rounding = 2.0 * (-(self.precision(a).min(self.precision(b)) as f64)).exp2();
         let mut ranks = Vec::new();
         for t in (0..slots).step_by(step) {
-            if g.tensors[x][t].content_hash == g.tensors[y][t].content_hash
-                || g.relative_distance(t, x, y) <= rounding.max(self.options.duplicate_distance)
+            if x.tensor(t).content_hash == y.tensor(t).content_hash
+                || self.ix.relative_distance(&dots, self.model[a], self.model[b], t)
+                    <= rounding.max(self.options.duplicate_distance)
             {
                 // Untouched (LoRA leaves most modules alone) or moved only by a cast.
                 continue;
             }
-            let (sa, sb) = (g.sketch(x, t), g.sketch(y, t));
+            let (sa, sb) = (x.sketch(t), y.sketch(t));
             if sa.len() != k * k || sb.len() != k * k {
                 continue;
             }
@@ -565,8 +716,8 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// share is unchanged: byte-equal, or equal up to a cast. A merged LoRA trains only its target matrices;
     /// a full fine-tune moves the norms too, even when its update of the matrices is numerically low-rank.
     fn frozen_outside_blocks(&self, a: usize, b: usize) -> bool {
-        let sa = &self.p.models[self.model[a]].signature;
-        let sb = &self.p.models[self.model[b]].signature;
+        let sa = &self.ix.node(self.model[a]).signature;
+        let sb = &self.ix.node(self.model[b]).signature;
         sa.tensors.iter().filter(|t| !is_block_weight(t)).all(|x| {
             let Some(y) = sb.tensor(&x.name).filter(|y| y.shape == x.shape) else { return true };
             if x.dtype == y.dtype {
@@ -587,18 +738,21 @@ impl<'a, 'm> Subset<'a, 'm> {
         let g = self.group;
         let mut out = vec![Features::default(); self.n()];
         for &a in nodes {
-            let x = self.pos[a];
-            let kurtosis = g.tensors[x].iter().filter_map(|t| t.moments.map(|m| m.excess_kurtosis())).sum();
+            let x = self.ix.node(self.model[a]);
+            let kurtosis = x.kurtosis;
             let effective = if self.options.effective_rank_weight != 0.0 && !g.slots.is_empty() {
-                let k = g.k;
-                let ranks: Vec<f64> = (0..g.slots.len())
-                    .filter(|&t| g.sketch(x, t).len() == k * k)
-                    .map(|t| {
-                        let values: Vec<f64> = g.sketch(x, t).iter().map(|&v| f64::from(v)).collect();
-                        effective_rank(&singular_values(&values, k))
-                    })
-                    .collect();
-                if ranks.is_empty() { 0.0 } else { ranks.iter().sum::<f64>() / ranks.len() as f64 }
+                // A property of the model alone: computed once per model and kept by the index.
+                *x.effective_rank.get_or_init(|| {
+                    let k = g.k;
+                    let ranks: Vec<f64> = (0..g.slots.len())
+                        .filter(|&t| x.sketch(t).len() == k * k)
+                        .map(|t| {
+                            let values: Vec<f64> = x.sketch(t).iter().map(|&v| f64::from(v)).collect();
+                            effective_rank(&singular_values(&values, k))
+                        })
+                        .collect();
+                    if ranks.is_empty() { 0.0 } else { ranks.iter().sum::<f64>() / ranks.len() as f64 }
+                })
             } else {
                 0.0
             };
@@ -640,8 +794,9 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     fn candidate_edges(
-        &mut self,
+        &self,
         nodes: &[usize],
+        active: &[bool],
         f: &[Features],
         merges: &[Option<Merge>],
     ) -> Vec<(usize, usize, f64)> {
@@ -652,22 +807,25 @@ impl<'a, 'm> Subset<'a, 'm> {
                 out.push((m.parents[0], v, 0.0));
                 continue;
             }
-            let mut parents: Vec<usize> = nodes.iter().copied().filter(|&u| u != v && self.is_related(u, v)).collect();
-            parents.sort_by(|&x, &y| self.d(x, v).total_cmp(&self.d(y, v)));
-            if nodes.len() > DENSE_LIMIT {
-                let declared: Vec<usize> =
-                    parents[NEAREST.min(parents.len())..].iter().copied().filter(|&u| self.declares(v, u)).collect();
-                parents.truncate(NEAREST);
-                parents.extend(declared);
-            }
-            for (rank, &u) in parents.iter().enumerate() {
+            // Nearest first, with the distance (symmetric) carried along rather than looked up again; in a large
+            // family only the NEAREST nearest, plus declared bases farther away.
+            let sparse = nodes.len() > SPARSE_ABOVE;
+            let parents = self
+                .near(v)
+                .iter()
+                .copied()
+                .filter(|e| active[e.0])
+                .enumerate()
+                .filter(|&(rank, (u, _))| !sparse || rank < NEAREST || self.declares(v, u))
+                .map(|(_, e)| e);
+            for (rank, (u, d)) in parents.enumerate() {
                 if merges[u].as_ref().is_some_and(|m| m.parents.contains(&v)) {
                     continue;
                 }
                 // The rank test costs SVDs: run it on the nearest few and on declared parents.
                 let low_rank =
                     if rank < 3 || self.declares(v, u) { self.low_rank_pair(u, v) == Some(true) } else { false };
-                let distance = self.d(u, v) * if low_rank { self.options.lora_cost_factor } else { 1.0 };
+                let distance = d * if low_rank { self.options.lora_cost_factor } else { 1.0 };
                 out.push((u, v, distance + self.direction_penalty(u, v, f)));
             }
         }
@@ -676,15 +834,44 @@ impl<'a, 'm> Subset<'a, 'm> {
 
     /// Margin of the chosen parent over the next-best one (virtual root included) and over the reverse edge,
     /// each in units of the family's mean distance and capped at 1; the confidence is their mean.
-    fn confidence(&self, parent: usize, child: usize, candidates: &[(usize, usize, f64)]) -> f64 {
-        let cost = |a: usize, b: usize| candidates.iter().find(|&&(x, y, _)| x == a && y == b).map(|e| e.2);
+    /// `incoming` holds the candidate edges into each node as `(parent, cost)`; `tau` is the virtual root's cost.
+    fn confidence(&self, parent: usize, child: usize, incoming: &Incoming, tau: f64) -> f64 {
+        let cost = |a: usize, b: usize| incoming.of(b).iter().find(|&&(x, _)| x == a).map(|e| e.1);
         let Some(chosen) = cost(parent, child) else { return 0.0 };
-        let tau = root_cost(candidates, self.scale);
-        let next = candidates.iter().filter(|&&(a, b, _)| b == child && a != parent).map(|e| e.2).fold(tau, f64::min);
+        let next = incoming.of(child).iter().filter(|&&(a, _)| a != parent).map(|e| e.1).fold(tau, f64::min);
         let reverse = cost(child, parent).unwrap_or(tau);
         let margin = ((next - chosen) / self.scale).clamp(0.0, 1.0);
         let direction = ((reverse - chosen) / self.scale).clamp(0.0, 1.0);
         (margin + direction) / 2.0
+    }
+}
+
+/// Candidate edges grouped by child, each group in candidate order: `(parent, cost)`.
+struct Incoming {
+    start: Vec<usize>,
+    edges: Vec<(usize, f64)>,
+}
+
+impl Incoming {
+    fn new(n: usize, candidates: &[(usize, usize, f64)]) -> Incoming {
+        let mut start = vec![0usize; n + 1];
+        for &(_, b, _) in candidates {
+            start[b + 1] += 1;
+        }
+        for v in 0..n {
+            start[v + 1] += start[v];
+        }
+        let mut fill = start.clone();
+        let mut edges = vec![(0, 0.0); candidates.len()];
+        for &(a, b, w) in candidates {
+            edges[fill[b]] = (a, w);
+            fill[b] += 1;
+        }
+        Incoming { start, edges }
+    }
+
+    fn of(&self, v: usize) -> &[(usize, f64)] {
+        &self.edges[self.start[v]..self.start[v + 1]]
     }
 }
 

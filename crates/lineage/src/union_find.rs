@@ -60,6 +60,13 @@ impl UnionFind {
         true
     }
 
+    /// Makes `x` a singleton again. Only sound when every member of `x`'s set is reset in the same breath
+    /// (the index does this to split a family after a removal, then unions what is still linked).
+    pub fn reset(&mut self, x: usize) {
+        self.parent[x] = x;
+        self.size[x] = 1;
+    }
+
     /// True when `a` and `b` are in the same set.
     pub fn same(&mut self, a: usize, b: usize) -> bool {
         self.find(a) == self.find(b)

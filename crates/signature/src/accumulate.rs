@@ -89,6 +89,8 @@ pub enum TensorError {
     FactorShapes { a: Vec<u64>, b: Vec<u64> },
     #[error("lora factor of dtype {dtype} is not a float tensor")]
     FactorDtype { dtype: &'static str },
+    #[error("g_idx puts input {input} in group {group}, outside the {groups} groups")]
+    GroupIndex { input: u64, group: i64, groups: u64 },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }

@@ -402,3 +402,290 @@ pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
 pub(crate) fn bf16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
 }
+
+/// A packed 4-bit module written by [`pack_int4`]: its tensors and the `[out, in]` values they dequantise to.
+pub(crate) struct PackedModule {
+    pub tensors: Vec<Tensor<'static>>,
+    pub weight: Vec<f32>,
+}
+
+/// Packs integer values `q[o][i]` (0..16) with zero points `z[g][o]` and f16 scales `s[g][o]` the way the reference
+/// packers do (AutoGPTQ `QuantLinear.pack`, AutoAWQ `WQLinear_GEMM.from_linear`), under the names
+/// `{module}.qweight` etc., `g_idx` giving each input's group (GPTQ only). `gptq_v1` stores GPTQ zeros minus one.
+pub(crate) fn pack_int4(
+    module: &'static str,
+    format: crate::packed::PackedFormat,
+    gptq_v1: bool,
+    (out, inp, groups): (usize, usize, usize),
+    g_idx: &[u32],
+    seed: u64,
+) -> PackedModule {
+    use crate::model::Dtype;
+    use crate::packed::{AWQ_ORDER, PackedFormat};
+    let name = |suffix: &str| -> &'static str { Box::leak(format!("{module}.{suffix}").into_boxed_str()) };
+    let h = |i: u64, salt: u64| crate::hashing::stream(seed ^ salt, i);
+    let q: Vec<u32> = (0..(out * inp) as u64).map(|i| (h(i, 1) % 16) as u32).collect();
+    // The v1 format stores z − 1 in a nibble, so it holds zero points 1..=16 (AutoGPTQ's 0 wraps to 16).
+    let gptq_v1 = gptq_v1 && format == PackedFormat::Gptq;
+    let z: Vec<u32> =
+        (0..(groups * out) as u64).map(|i| if gptq_v1 { 1 + (h(i, 2) % 16) } else { h(i, 2) % 16 } as u32).collect();
+    let s: Vec<half::f16> =
+        (0..(groups * out) as u64).map(|i| half::f16::from_f32(0.001 + (h(i, 3) % 1000) as f32 * 1e-5)).collect();
+    let weight = (0..out * inp)
+        .map(|k| {
+            let (o, i) = (k / inp, k % inp);
+            let g = g_idx[i] as usize;
+            (q[k] as f32 - z[g * out + o] as f32) * s[g * out + o].to_f32()
+        })
+        .collect();
+    let words = |w: Vec<u32>| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut tensors = Vec::new();
+    match format {
+        PackedFormat::Gptq => {
+            let mut qweight = vec![0u32; inp / 8 * out];
+            for r in 0..inp / 8 {
+                for o in 0..out {
+                    for j in 0..8 {
+                        qweight[r * out + o] |= q[o * inp + 8 * r + j] << (4 * j);
+                    }
+                }
+            }
+            let mut qzeros = vec![0u32; groups * out / 8];
+            for g in 0..groups {
+                for c in 0..out / 8 {
+                    for j in 0..8 {
+                        let stored =
+                            if gptq_v1 { z[g * out + 8 * c + j].wrapping_sub(1) & 0xF } else { z[g * out + 8 * c + j] };
+                        qzeros[g * out / 8 + c] |= stored << (4 * j);
+                    }
+                }
+            }
+            tensors.push(Tensor {
+                name: name("g_idx"),
+                dtype: Dtype::I32,
+                shape: vec![inp as u64],
+                bytes: words(g_idx.to_vec()),
+            });
+            tensors.push(Tensor {
+                name: name("qweight"),
+                dtype: Dtype::I32,
+                shape: vec![(inp / 8) as u64, out as u64],
+                bytes: words(qweight),
+            });
+            tensors.push(Tensor {
+                name: name("qzeros"),
+                dtype: Dtype::I32,
+                shape: vec![groups as u64, (out / 8) as u64],
+                bytes: words(qzeros),
+            });
+        }
+        PackedFormat::Awq => {
+            let mut qweight = vec![0u32; inp * out / 8];
+            for i in 0..inp {
+                for c in 0..out / 8 {
+                    for (k, &o) in AWQ_ORDER.iter().enumerate() {
+                        qweight[i * out / 8 + c] |= q[(8 * c + o) * inp + i] << (4 * k);
+                    }
+                }
+            }
+            let mut qzeros = vec![0u32; groups * out / 8];
+            for g in 0..groups {
+                for c in 0..out / 8 {
+                    for (k, &o) in AWQ_ORDER.iter().enumerate() {
+                        qzeros[g * out / 8 + c] |= z[g * out + 8 * c + o] << (4 * k);
+                    }
+                }
+            }
+            tensors.push(Tensor {
+                name: name("qweight"),
+                dtype: Dtype::I32,
+                shape: vec![inp as u64, (out / 8) as u64],
+                bytes: words(qweight),
+            });
+            tensors.push(Tensor {
+                name: name("qzeros"),
+                dtype: Dtype::I32,
+                shape: vec![groups as u64, (out / 8) as u64],
+                bytes: words(qzeros),
+            });
+        }
+    }
+    let scales = s.iter().flat_map(|x| x.to_le_bytes()).collect();
+    tensors.push(Tensor {
+        name: name("scales"),
+        dtype: Dtype::F16,
+        shape: vec![groups as u64, out as u64],
+        bytes: scales,
+    });
+    PackedModule { tensors, weight }
+}
+
+/// One malformed packed module: declared (dtype, shape) of `qweight`, `qzeros`, `scales` and an optional `g_idx`,
+/// and the error it must produce.
+pub(crate) struct PackedCase {
+    pub name: &'static str,
+    pub qweight: (crate::model::Dtype, Vec<u64>),
+    pub qzeros: (crate::model::Dtype, Vec<u64>),
+    pub scales: (crate::model::Dtype, Vec<u64>),
+    pub g_idx: Option<(crate::model::Dtype, Vec<u64>)>,
+    pub expected: crate::packed::PackedError,
+}
+
+/// Malformed packed modules, each breaking one rule of [`crate::packed_layout`] (a valid GPTQ module is
+/// `qweight` I32 `[8, 32]`, `qzeros` I32 `[4, 4]`, `scales` F16 `[4, 32]`, `g_idx` I32 `[64]`).
+pub(crate) fn packed_cases() -> Vec<PackedCase> {
+    use crate::model::Dtype::{F16, F32, I32, I64, U8};
+    use crate::packed::PackedError as E;
+    let c =
+        |name, qweight: (_, &[u64]), qzeros: (_, &[u64]), scales: (_, &[u64]), g_idx: Option<(_, &[u64])>, expected| {
+            PackedCase {
+                name,
+                qweight: (qweight.0, qweight.1.to_vec()),
+                qzeros: (qzeros.0, qzeros.1.to_vec()),
+                scales: (scales.0, scales.1.to_vec()),
+                g_idx: g_idx.map(|(d, s): (_, &[u64])| (d, s.to_vec())),
+                expected,
+            }
+        };
+    let g = Some((I32, &[64][..]));
+    vec![
+        c(
+            "qweight not i32",
+            (U8, &[8, 32]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            g,
+            E::Dtype { tensor: "qweight", dtype: "U8", expected: "I32" },
+        ),
+        c(
+            "qzeros not i32",
+            (I32, &[8, 32]),
+            (I64, &[4, 4]),
+            (F16, &[4, 32]),
+            g,
+            E::Dtype { tensor: "qzeros", dtype: "I64", expected: "I32" },
+        ),
+        c(
+            "scales integer",
+            (I32, &[8, 32]),
+            (I32, &[4, 4]),
+            (I32, &[4, 32]),
+            g,
+            E::Dtype { tensor: "scales", dtype: "I32", expected: "F16, BF16 or F32" },
+        ),
+        c(
+            "g_idx float",
+            (I32, &[8, 32]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            Some((F32, &[64])),
+            E::Dtype { tensor: "g_idx", dtype: "F32", expected: "I32" },
+        ),
+        c(
+            "qweight a vector",
+            (I32, &[256]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            g,
+            E::Shape { tensor: "qweight", shape: vec![256], expected: "a matrix with no empty dimension" },
+        ),
+        c(
+            "qweight empty",
+            (I32, &[0, 32]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            g,
+            E::Shape { tensor: "qweight", shape: vec![0, 32], expected: "a matrix with no empty dimension" },
+        ),
+        c(
+            "scales rank 3",
+            (I32, &[8, 32]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32, 1]),
+            g,
+            E::Shape { tensor: "scales", shape: vec![4, 32, 1], expected: "a matrix with no empty dimension" },
+        ),
+        c(
+            "qzeros group count",
+            (I32, &[8, 32]),
+            (I32, &[3, 4]),
+            (F16, &[4, 32]),
+            g,
+            E::Zeros { qzeros: vec![3, 4], groups: 4, out: 32 },
+        ),
+        c(
+            "qzeros not whole words",
+            (I32, &[8, 32]),
+            (I32, &[4, 3]),
+            (F16, &[4, 34]),
+            g,
+            E::Zeros { qzeros: vec![4, 3], groups: 4, out: 34 },
+        ),
+        c("8-bit gptq", (I32, &[16, 32]), (I32, &[4, 8]), (F16, &[4, 32]), g, E::Bits { bits: 8 }),
+        c("2-bit awq", (I32, &[64, 2]), (I32, &[4, 2]), (F16, &[4, 32]), None, E::Bits { bits: 2 }),
+        c(
+            "qweight fits no layout",
+            (I32, &[8, 16]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            g,
+            E::Layout { qweight: vec![8, 16], scales: vec![4, 32] },
+        ),
+        c(
+            "g_idx too short",
+            (I32, &[8, 32]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            Some((I32, &[63])),
+            E::GroupIndexLength { len: 63, inputs: 64 },
+        ),
+        c(
+            "g_idx a matrix",
+            (I32, &[8, 32]),
+            (I32, &[4, 4]),
+            (F16, &[4, 32]),
+            Some((I32, &[8, 8])),
+            E::Shape { tensor: "g_idx", shape: vec![8, 8], expected: "a vector" },
+        ),
+        c(
+            "more groups than inputs",
+            (I32, &[1, 32]),
+            (I32, &[9, 4]),
+            (F16, &[9, 32]),
+            Some((I32, &[8])),
+            E::Groups { groups: 9, inputs: 8 },
+        ),
+        c(
+            "awq groups uneven",
+            (I32, &[64, 4]),
+            (I32, &[5, 4]),
+            (F16, &[5, 32]),
+            None,
+            E::Groups { groups: 5, inputs: 64 },
+        ),
+        c(
+            "gptq without g_idx, uneven",
+            (I32, &[8, 32]),
+            (I32, &[3, 4]),
+            (F16, &[3, 32]),
+            None,
+            E::Groups { groups: 3, inputs: 64 },
+        ),
+    ]
+}
+
+/// A file holding the declared tensors of a [`PackedCase`] (zero bytes of the declared sizes) under module `m`.
+pub(crate) fn packed_case_file(case: &PackedCase) -> Vec<u8> {
+    let tensor = |name: &'static str, (dtype, shape): &(crate::model::Dtype, Vec<u64>)| Tensor {
+        name,
+        dtype: *dtype,
+        shape: shape.clone(),
+        bytes: vec![0; (shape.iter().product::<u64>() * dtype.size()) as usize],
+    };
+    let mut tensors =
+        vec![tensor("m.qweight", &case.qweight), tensor("m.qzeros", &case.qzeros), tensor("m.scales", &case.scales)];
+    if let Some(g) = &case.g_idx {
+        tensors.push(tensor("m.g_idx", g));
+    }
+    safetensors_file(&tensors)
+}

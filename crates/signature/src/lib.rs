@@ -11,7 +11,8 @@
 //!   same for the `B·A` update of a LoRA adapter. The hot loops live in `kernel`, dispatched to AVX2 at run
 //!   time and bit-for-bit identical on every CPU.
 //! - [`plan`](mod@plan) decides from the headers alone what a model's signature holds (which tensors are
-//!   dequantised, which LoRA pairs become deltas), for every reader.
+//!   dequantised, which LoRA pairs become deltas), for every reader; [`packed`] checks and dequantises the
+//!   packed 4-bit weights of GPTQ and AWQ checkpoints.
 //! - [`reader`] signs local files: [`sign_files`] for one model in one or more safetensors files,
 //!   [`sign_model_dir`] for a directory (single file, sharded with an index, or a PEFT adapter), reading
 //!   through the narrow [`mmap`] wrapper, in parallel over tensors.
@@ -32,6 +33,7 @@ pub mod layout;
 pub mod mmap;
 pub mod model;
 pub mod moments;
+pub mod packed;
 pub mod plan;
 pub mod reader;
 pub mod sketch;
@@ -49,6 +51,10 @@ pub use header::{Header, HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
 pub use index::{IndexError, ShardIndex, parse_index};
 pub use layout::{RowLayout, selected_row_blocks};
 pub use model::{Dtype, ModelSignature, Moments, SCHEME_VERSION, Scheme, Sketch, TensorSignature, ValueSource};
+pub use packed::{
+    GptqFormat, PackedError, PackedFormat, PackedLayout, PackedTensors, dequantize as dequantize_packed, packed_layout,
+    packed_signature,
+};
 pub use plan::{Job, PlanError, TensorRef, plan};
 pub use reader::{
     AdapterConfigError, FileError, FileUsed, Layout, ModelDir, SignError, SignOptions, sign_files, sign_model_dir,

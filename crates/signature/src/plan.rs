@@ -5,7 +5,10 @@
 //! - for an I8/F8 weight `X.weight` with a sibling `X.weight_scale` of a shape we understand (and no
 //!   `X.weight_zero_point`): the signature of the dequantised values, under the weight's own name;
 //! - for each LoRA pair `X.lora_A.weight` / `X.lora_B.weight`: the signature of `B·A·scaling`, named
-//!   `X.weight`, so it lines up with the base model's tensor.
+//!   `X.weight`, so it lines up with the base model's tensor;
+//! - for each packed 4-bit module (`X.qweight` with `X.qzeros` and `X.scales`, plus `X.g_idx` for GPTQ): the
+//!   signature of the dequantised `[out, in]` weight, named `X.weight` (see [`crate::packed`]). Inconsistent
+//!   packed shapes, or another width than 4 bits, are an error rather than a silently raw signature.
 //!
 //! [`plan`] returns these as [`Job`]s; the mmap reader runs them, and a network reader can run the same jobs on
 //! ranged reads, so both agree on what a model's signature contains.
@@ -17,6 +20,7 @@ use std::collections::BTreeMap;
 use crate::accumulate::Scales;
 use crate::header::TensorInfo;
 use crate::model::Dtype;
+use crate::packed::{Declared, PackedError, PackedLayout, PackedTensors, packed_layout};
 
 /// The prefix PEFT puts before module names in adapter files.
 pub const PEFT_PREFIX: &str = "base_model.model.";
@@ -43,13 +47,18 @@ pub enum Job {
     Dequantized { name: String, weight: TensorRef, scale: TensorRef },
     /// A LoRA update `B·A·scaling` ([`crate::lora_delta_signature`]).
     LoraDelta { name: String, a: TensorRef, b: TensorRef },
+    /// A packed 4-bit weight, from its whole packed tensors ([`crate::packed_signature`]).
+    Packed { name: String, layout: PackedLayout, tensors: PackedTensors<TensorRef> },
 }
 
 impl Job {
     /// The name of the signature the job produces.
     pub fn name(&self) -> &str {
         match self {
-            Job::Stored { name, .. } | Job::Dequantized { name, .. } | Job::LoraDelta { name, .. } => name,
+            Job::Stored { name, .. }
+            | Job::Dequantized { name, .. }
+            | Job::LoraDelta { name, .. }
+            | Job::Packed { name, .. } => name,
         }
     }
 }
@@ -59,13 +68,20 @@ impl Job {
 pub enum PlanError {
     #[error("tensor {name:?} is defined twice (files {first} and {second})")]
     DuplicateTensor { name: String, first: usize, second: usize },
+    #[error("packed weights of {module:?}: {source}")]
+    Packed { module: String, source: PackedError },
+}
+
+fn declared(t: &TensorInfo) -> Declared<'_> {
+    Declared { dtype: t.dtype, shape: &t.shape }
 }
 
 /// The jobs that sign a model stored in `files` (each file's header tensors), sorted by name. With
-/// `dequantize` false, quantised weights are signed as stored.
+/// `dequantize` false, quantised weights are signed as stored (and packed ones are not checked).
 ///
 /// # Errors
-/// [`PlanError::DuplicateTensor`] when two tensors share a canonical name, or a LoRA delta's name is taken.
+/// [`PlanError::DuplicateTensor`] when two tensors share a canonical name, or a LoRA delta's or dequantised
+/// packed weight's name is taken; [`PlanError::Packed`] when a module's packed tensors do not fit together.
 pub fn plan(files: &[&[TensorInfo]], dequantize: bool) -> Result<Vec<Job>, PlanError> {
     let mut by_name: BTreeMap<&str, (TensorRef, &TensorInfo)> = BTreeMap::new();
     for (file, tensors) in files.iter().enumerate() {
@@ -98,6 +114,28 @@ pub fn plan(files: &[&[TensorInfo]], dequantize: bool) -> Result<Vec<Job>, PlanE
             }
             jobs.push(Job::LoraDelta { name: delta, a: at, b });
         }
+        if dequantize
+            && let Some(module) = name.strip_suffix(".qweight")
+            && let Some(&(qzeros, zi)) = by_name.get(format!("{module}.qzeros").as_str())
+            && let Some(&(scales, si)) = by_name.get(format!("{module}.scales").as_str())
+        {
+            let g_idx = by_name.get(format!("{module}.g_idx").as_str()).copied();
+            let layout = packed_layout(PackedTensors {
+                qweight: declared(info),
+                qzeros: declared(zi),
+                scales: declared(si),
+                g_idx: g_idx.map(|(_, g)| declared(g)),
+            })
+            .map_err(|source| PlanError::Packed { module: module.to_owned(), source })?;
+            let weight = format!("{module}.weight");
+            if let Some((existing, _)) = by_name.get(weight.as_str()) {
+                return Err(PlanError::DuplicateTensor { name: weight, first: existing.file, second: at.file });
+            }
+            // AWQ has no g_idx; a stray one beside an AWQ layout is not used (nor read).
+            let g_idx = g_idx.filter(|_| layout.format == crate::packed::PackedFormat::Gptq).map(|(r, _)| r);
+            let tensors = PackedTensors { qweight: at, qzeros, scales, g_idx };
+            jobs.push(Job::Packed { name: weight, layout, tensors });
+        }
     }
     Ok(jobs)
 }
@@ -105,6 +143,7 @@ pub fn plan(files: &[&[TensorInfo]], dequantize: bool) -> Result<Vec<Job>, PlanE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::PackedFormat;
 
     fn t(name: &str, dtype: Dtype, shape: &[u64]) -> TensorInfo {
         TensorInfo { name: name.to_owned(), dtype, shape: shape.to_vec(), begin: 0, end: 0 }
@@ -151,6 +190,56 @@ mod tests {
         );
         let raw = plan(&[&a], false).expect("a valid model");
         assert_eq!(raw[2], stored("q.weight", 0, 0));
+    }
+
+    #[test]
+    fn packed_modules_become_dequantised_weights() {
+        let gptq = [
+            t("q.g_idx", Dtype::I32, &[64]),
+            t("q.qweight", Dtype::I32, &[8, 32]),
+            t("q.qzeros", Dtype::I32, &[4, 4]),
+            t("q.scales", Dtype::F16, &[4, 32]),
+        ];
+        let awq = [
+            t("k.qweight", Dtype::I32, &[64, 4]),
+            t("k.qzeros", Dtype::I32, &[4, 4]),
+            t("k.scales", Dtype::F16, &[4, 32]),
+        ];
+        let jobs = plan(&[&gptq, &awq], true).expect("a valid model");
+        let packed: Vec<&Job> = jobs.iter().filter(|j| matches!(j, Job::Packed { .. })).collect();
+        let layout = |format, inputs| PackedLayout { format, out: 32, inputs, groups: 4 };
+        assert_eq!(
+            packed,
+            [
+                &Job::Packed {
+                    name: "k.weight".into(),
+                    layout: layout(PackedFormat::Awq, 64),
+                    tensors: PackedTensors { qweight: r(1, 0), qzeros: r(1, 1), scales: r(1, 2), g_idx: None },
+                },
+                &Job::Packed {
+                    name: "q.weight".into(),
+                    layout: layout(PackedFormat::Gptq, 64),
+                    tensors: PackedTensors { qweight: r(0, 1), qzeros: r(0, 2), scales: r(0, 3), g_idx: Some(r(0, 0)) },
+                },
+            ]
+        );
+        assert_eq!(jobs.len(), 7 + 2);
+        assert!(plan(&[&gptq], false).expect("raw").iter().all(|j| matches!(j, Job::Stored { .. })));
+        // The dequantised weight's name must be free, and shapes must fit.
+        let taken = [t("q.weight", Dtype::F16, &[32, 64])];
+        assert_eq!(
+            plan(&[&gptq, &taken], true),
+            Err(PlanError::DuplicateTensor { name: "q.weight".into(), first: 1, second: 0 })
+        );
+        let bad = [
+            t("q.qweight", Dtype::I32, &[8, 32]),
+            t("q.qzeros", Dtype::I32, &[4, 8]),
+            t("q.scales", Dtype::F16, &[4, 32]),
+        ];
+        assert_eq!(
+            plan(&[&bad], true),
+            Err(PlanError::Packed { module: "q".into(), source: crate::packed::PackedError::Bits { bits: 8 } })
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::header::{HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
 use crate::index::{IndexError, MAX_INDEX_LEN, ShardIndex, parse_index};
 use crate::mmap::MappedFile;
 use crate::model::{ModelSignature, Scheme, TensorSignature};
+use crate::packed::{GptqFormat, PackedError, PackedLayout, PackedTensors, packed_signature};
 use crate::plan::{self, PlanError, TensorRef, plan};
 use crate::source::{self, DirLayout, IndexMismatch, LayoutError};
 
@@ -35,13 +36,17 @@ pub struct SignOptions {
     /// How LoRA updates are scaled; `None` scales `B·A` by 1. [`sign_model_dir`] reads it from
     /// `adapter_config.json` when this is `None`.
     pub lora: Option<LoraConfig>,
-    /// Sign I8/F8 weights with a `…weight_scale` sibling from their dequantised values.
+    /// Sign I8/F8 weights with a `…weight_scale` sibling, and packed 4-bit GPTQ/AWQ modules, from their
+    /// dequantised values.
     pub dequantize: bool,
+    /// How GPTQ zero points are stored (from `quantization_config.checkpoint_format`, see
+    /// [`GptqFormat::from_quantization_config`]); the default is the v1 format every GPTQ tool writes by default.
+    pub gptq_format: GptqFormat,
 }
 
 impl Default for SignOptions {
     fn default() -> SignOptions {
-        SignOptions { lora: None, dequantize: true }
+        SignOptions { lora: None, dequantize: true, gptq_format: GptqFormat::V1 }
     }
 }
 
@@ -111,6 +116,8 @@ pub enum SignError {
     WithFile { path: PathBuf, source: FileError },
     #[error("tensor {name:?} appears in both {} and {}", first.display(), second.display())]
     DuplicateTensor { name: String, first: PathBuf, second: PathBuf },
+    #[error("packed weights of {module:?}: {source}")]
+    Packed { module: String, source: PackedError },
     #[error("cannot list {}: {source}", dir.display())]
     ListDir { dir: PathBuf, source: io::Error },
     #[error("no safetensors files in {}", dir.display())]
@@ -155,6 +162,7 @@ enum Job<'a> {
     Plain { name: String, t: Stored<'a> },
     Dequant { name: String, t: Stored<'a>, scale: Stored<'a> },
     Lora { name: String, a: Stored<'a>, b: Stored<'a> },
+    Packed { name: String, layout: PackedLayout, tensors: PackedTensors<Stored<'a>> },
 }
 
 impl Job<'_> {
@@ -163,6 +171,8 @@ impl Job<'_> {
             Job::Plain { t, .. } | Job::Dequant { t, .. } => t.info.byte_len(),
             // Forming B·A costs `out × r × in` multiply-adds: weigh it like reading that many bytes.
             Job::Lora { a, b, .. } => b.info.shape.first().copied().unwrap_or(0).saturating_mul(a.info.numel()),
+            // Every element of the dequantised matrix is formed from a nibble: weigh it like its f32 bytes.
+            Job::Packed { layout, .. } => layout.out.saturating_mul(layout.inputs).saturating_mul(4),
         }
     }
 }
@@ -193,6 +203,7 @@ fn plan_jobs<'a>(files: &'a [Opened], opts: &SignOptions) -> Result<Vec<Job<'a>>
         PlanError::DuplicateTensor { name, first, second } => {
             SignError::DuplicateTensor { name, first: files[first].path.clone(), second: files[second].path.clone() }
         }
+        PlanError::Packed { module, source } => SignError::Packed { module, source },
     })?;
     Ok(jobs
         .into_iter()
@@ -202,6 +213,15 @@ fn plan_jobs<'a>(files: &'a [Opened], opts: &SignOptions) -> Result<Vec<Job<'a>>
                 Job::Dequant { name, t: stored(weight), scale: stored(scale) }
             }
             plan::Job::LoraDelta { name, a, b } => Job::Lora { name, a: stored(a), b: stored(b) },
+            plan::Job::Packed { name, layout, tensors: t } => {
+                let tensors = PackedTensors {
+                    qweight: stored(t.qweight),
+                    qzeros: stored(t.qzeros),
+                    scales: stored(t.scales),
+                    g_idx: t.g_idx.map(stored),
+                };
+                Job::Packed { name, layout, tensors }
+            }
         })
         .collect())
 }
@@ -240,6 +260,10 @@ fn whole(t: Stored<'_>) -> Result<crate::mmap::Window, SignError> {
     t.file.map.window(t.file.data_start + t.info.begin, t.info.byte_len(), false).map_err(|e| map_error(t, e))
 }
 
+fn tensor_bytes<'a>(t: &'a Stored<'_>, bytes: &'a [u8]) -> TensorBytes<'a> {
+    TensorBytes { dtype: t.info.dtype, shape: &t.info.shape, bytes }
+}
+
 fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSignature, SignError> {
     match job {
         Job::Plain { name, t } => {
@@ -263,6 +287,18 @@ fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSigna
             let fa = TensorBytes { dtype: a.info.dtype, shape: &a.info.shape, bytes: &wa };
             let fb = TensorBytes { dtype: b.info.dtype, shape: &b.info.shape, bytes: &wb };
             lora_delta_signature(scheme, name, fa, fb, scaling).map_err(|e| tensor_error(*a, e))
+        }
+        Job::Packed { name, layout, tensors: t } => {
+            // Packed words interleave rows of the weight, so the packed tensors are read whole (see `packed`).
+            let (qweight, qzeros, scales) = (whole(t.qweight)?, whole(t.qzeros)?, whole(t.scales)?);
+            let g_idx = t.g_idx.map(whole).transpose()?;
+            let parts = PackedTensors {
+                qweight: tensor_bytes(&t.qweight, &qweight),
+                qzeros: tensor_bytes(&t.qzeros, &qzeros),
+                scales: tensor_bytes(&t.scales, &scales),
+                g_idx: t.g_idx.as_ref().zip(g_idx.as_deref()).map(|(s, b)| tensor_bytes(s, b)),
+            };
+            packed_signature(scheme, name, layout, opts.gptq_format, parts).map_err(|e| tensor_error(t.qweight, e))
         }
     }
 }
@@ -397,8 +433,11 @@ pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::corpus::{Tensor, bf16_bytes, cases, f32_bytes, safetensors_file, values};
+    use crate::corpus::{
+        Tensor, bf16_bytes, cases, f32_bytes, pack_int4, packed_case_file, packed_cases, safetensors_file, values,
+    };
     use crate::model::{Dtype, ValueSource};
+    use crate::packed::PackedFormat;
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);
@@ -504,6 +543,64 @@ mod tests {
             sign_files(&[missing], &Scheme::default(), &SignOptions::default()),
             Err(SignError::WithFile { source: FileError::Open(_), .. })
         ));
+    }
+
+    #[test]
+    fn every_malformed_packed_module_is_a_typed_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (i, case) in packed_cases().iter().enumerate() {
+            let path = write(dir.path(), &format!("packed{i}.safetensors"), &packed_case_file(case));
+            let got = std::panic::catch_unwind(|| {
+                sign_files(std::slice::from_ref(&path), &Scheme::default(), &SignOptions::default())
+            });
+            match got {
+                Ok(Err(SignError::Packed { module, source })) => {
+                    assert_eq!((module.as_str(), &source), ("m", &case.expected), "case {:?}", case.name);
+                }
+                Ok(other) => panic!("case {:?}: expected a packed error, got {other:?}", case.name),
+                Err(_) => panic!("case {:?} panicked", case.name),
+            }
+            // Without dequantisation the same tensors are signed as stored.
+            let raw = SignOptions { dequantize: false, ..SignOptions::default() };
+            let sig = sign_files(std::slice::from_ref(&path), &Scheme::default(), &raw).expect("signed as stored");
+            assert!(sig.tensor("m.weight").is_none() && sig.tensor("m.qweight").is_some(), "case {:?}", case.name);
+        }
+    }
+
+    #[test]
+    fn packed_modules_are_signed_as_their_float_weight() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let g_idx: Vec<u32> = (0..64).map(|i| i / 16).collect();
+        let gptq = pack_int4("model.layers.0.self_attn.q_proj", PackedFormat::Gptq, true, (32, 64, 4), &g_idx, 5);
+        let awq = pack_int4("model.layers.0.mlp.up_proj", PackedFormat::Awq, false, (32, 64, 4), &g_idx, 6);
+        let mut tensors = gptq.tensors;
+        tensors.extend(awq.tensors);
+        let path = write(dir.path(), "model.safetensors", &safetensors_file(&tensors));
+        let floats = [
+            Tensor {
+                name: "model.layers.0.self_attn.q_proj.weight",
+                dtype: Dtype::F32,
+                shape: vec![32, 64],
+                bytes: f32_bytes(&gptq.weight),
+            },
+            Tensor {
+                name: "model.layers.0.mlp.up_proj.weight",
+                dtype: Dtype::F32,
+                shape: vec![32, 64],
+                bytes: f32_bytes(&awq.weight),
+            },
+        ];
+        let float_path = write(dir.path(), "float.safetensors", &safetensors_file(&floats));
+        let scheme = Scheme { sketch_k: 16, samples: 256, ..Scheme::default() };
+        let sig = sign_files(std::slice::from_ref(&path), &scheme, &SignOptions::default()).expect("signed");
+        let float = sign_files(&[float_path], &scheme, &SignOptions::default()).expect("signed");
+        for f in &float.tensors {
+            let t = sig.tensor(&f.name).expect("dequantised weight");
+            assert_eq!((t.source, t.dtype, &t.shape), (ValueSource::Dequantized, Dtype::I32, &f.shape));
+            assert_eq!((t.moments, &t.sketch, &t.samples), (f.moments, &f.sketch, &f.samples), "{}", f.name);
+        }
+        // The packed tensors themselves are still signed as stored.
+        assert_eq!(sig.tensors.len(), 2 + 4 + 3);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! [`SignPlan`] is built from the parsed headers alone. It runs [`plan`](crate::plan::plan) to decide what the
 //! signature holds, then lists every byte range the signature needs, in the order they are consumed: the
 //! selected row blocks of each tensor ([`selected_row_blocks`]), a quantised weight's scale tensor before its
-//! rows, a LoRA pair's two factors. Adjacent ranges of one file are merged into [`Read`]s of at most
+//! rows, a LoRA pair's two factors, a packed 4-bit module's whole packed tensors. Adjacent ranges of one file are merged into [`Read`]s of at most
 //! [`ReadLimits::max_read`] bytes (ranges separated by at most [`ReadLimits::max_gap`] bytes are merged too,
 //! the gap read and dropped), so a network reader issues few, bounded requests. [`SignPlan::run`] then pulls
 //! those reads, in order, from a [`ByteSource`] and feeds the same [`TensorAccumulator`]s, scales and
@@ -28,6 +28,7 @@ use crate::index::ShardIndex;
 use crate::layout::{RowLayout, selected_row_blocks};
 use crate::mmap::{MappedFile, Window};
 use crate::model::{ModelSignature, Scheme, TensorSignature};
+use crate::packed::{GptqFormat, PackedLayout, PackedTensors, packed_signature};
 use crate::plan::{self, PlanError, TensorRef};
 use crate::reader::{AdapterConfigError, MAX_ADAPTER_CONFIG_LEN, SignOptions};
 
@@ -133,6 +134,7 @@ enum Work {
     Plain { name: String, t: Stored },
     Dequant { name: String, t: Stored, scale: Stored },
     Lora { name: String, a: Stored, b: Stored },
+    Packed { name: String, layout: PackedLayout, tensors: Box<PackedTensors<Stored>> },
 }
 
 impl Work {
@@ -140,6 +142,7 @@ impl Work {
         match self {
             Work::Plain { t, .. } | Work::Dequant { t, .. } => t,
             Work::Lora { a, .. } => a,
+            Work::Packed { tensors, .. } => &tensors.qweight,
         }
     }
 }
@@ -149,7 +152,8 @@ impl Work {
 enum Use {
     /// Rows `first_row ..` of the job's accumulated tensor.
     Rows { first_row: u64 },
-    /// A whole small tensor: slot 0 is a scale tensor or LoRA factor A, slot 1 LoRA factor B.
+    /// A whole small tensor: slot 0 is a scale tensor or LoRA factor A, slot 1 LoRA factor B; for a packed
+    /// module, slots 0–3 are `qweight`, `qzeros`, `scales` and `g_idx`.
     Whole { slot: usize },
 }
 
@@ -171,6 +175,7 @@ struct Fetch {
 pub struct SignPlan {
     scheme: Scheme,
     lora: Option<LoraConfig>,
+    gptq: GptqFormat,
     jobs: Vec<Work>,
     pieces: Vec<Piece>,
     fetches: Vec<Fetch>,
@@ -179,7 +184,8 @@ pub struct SignPlan {
 
 impl SignPlan {
     /// Plans the signature of the model stored in the files with these `headers` (in the order the reads will
-    /// name them). `opts` decide dequantisation and the LoRA scaling, as for [`crate::sign_files`].
+    /// name them). `opts` decide dequantisation, the GPTQ zero-point format and the LoRA scaling, as for
+    /// [`crate::sign_files`].
     ///
     /// # Errors
     /// [`SourcePlanError::Scheme`], [`SourcePlanError::Plan`] for duplicate tensors, and the size checks of
@@ -205,6 +211,15 @@ impl SignPlan {
                     Work::Dequant { name, t: stored(weight), scale: stored(scale) }
                 }
                 plan::Job::LoraDelta { name, a, b } => Work::Lora { name, a: stored(a), b: stored(b) },
+                plan::Job::Packed { name, layout, tensors: t } => {
+                    let tensors = Box::new(PackedTensors {
+                        qweight: stored(t.qweight),
+                        qzeros: stored(t.qzeros),
+                        scales: stored(t.scales),
+                        g_idx: t.g_idx.map(stored),
+                    });
+                    Work::Packed { name, layout, tensors }
+                }
             })
             .collect();
         // File order, so that consecutive jobs read consecutive bytes.
@@ -224,12 +239,22 @@ impl SignPlan {
                     whole_piece(&mut pieces, j, 0, a, limits)?;
                     whole_piece(&mut pieces, j, 1, b, limits)?;
                 }
+                // Packed words interleave the weight's rows: the packed tensors are read whole (see `packed`).
+                Work::Packed { tensors: t, .. } => {
+                    for (slot, part) in
+                        [Some(&t.qweight), Some(&t.qzeros), Some(&t.scales), t.g_idx.as_ref()].into_iter().enumerate()
+                    {
+                        if let Some(part) = part {
+                            whole_piece(&mut pieces, j, slot, part, limits)?;
+                        }
+                    }
+                }
             }
         }
         let file_of = |p: &Piece| jobs[p.job].file_of(p.usage);
         let fetches = coalesce(&pieces, file_of, limits);
         let reads = fetches.iter().map(|f| f.read.clone()).collect();
-        Ok(SignPlan { scheme: *scheme, lora: opts.lora, jobs, pieces, fetches, reads })
+        Ok(SignPlan { scheme: *scheme, lora: opts.lora, gptq: opts.gptq_format, jobs, pieces, fetches, reads })
     }
 
     /// The reads [`SignPlan::run`] will make, in order.
@@ -280,6 +305,11 @@ impl Work {
         match (self, usage) {
             (Work::Dequant { scale, .. }, Use::Whole { .. }) => scale.file,
             (Work::Lora { b, .. }, Use::Whole { slot: 1 }) => b.file,
+            (Work::Packed { tensors: t, .. }, Use::Whole { slot: 1 }) => t.qzeros.file,
+            (Work::Packed { tensors: t, .. }, Use::Whole { slot: 2 }) => t.scales.file,
+            (Work::Packed { tensors: t, .. }, Use::Whole { slot: 3 }) => {
+                t.g_idx.as_ref().map_or(t.qweight.file, |g| g.file)
+            }
             _ => self.primary().file,
         }
     }
@@ -376,11 +406,15 @@ fn coalesce(pieces: &[Piece], file_of: impl Fn(&Piece) -> usize, limits: ReadLim
     fetches
 }
 
+fn tensor_bytes<'b>(t: &'b Stored, bytes: &'b [u8]) -> TensorBytes<'b> {
+    TensorBytes { dtype: t.info.dtype, shape: &t.info.shape, bytes }
+}
+
 /// The job being fed.
 struct Active {
     job: usize,
     acc: Option<TensorAccumulator>,
-    wholes: [Vec<u8>; 2],
+    wholes: [Vec<u8>; 4],
 }
 
 struct Runner<'a> {
@@ -417,9 +451,9 @@ impl Runner<'_> {
                     TensorAccumulator::new(&self.plan.scheme, name, t.info.dtype, &t.info.shape)
                         .map_err(|e| Self::tensor_error(t, e))?,
                 ),
-                Work::Dequant { .. } | Work::Lora { .. } => None,
+                Work::Dequant { .. } | Work::Lora { .. } | Work::Packed { .. } => None,
             };
-            self.active = Some(Active { job: start, acc, wholes: [Vec::new(), Vec::new()] });
+            self.active = Some(Active { job: start, acc, wholes: Default::default() });
         }
     }
 
@@ -474,6 +508,17 @@ impl Runner<'_> {
                 let fa = TensorBytes { dtype: a.info.dtype, shape: &a.info.shape, bytes: &active.wholes[0] };
                 let fb = TensorBytes { dtype: b.info.dtype, shape: &b.info.shape, bytes: &active.wholes[1] };
                 lora_delta_signature(&self.plan.scheme, name, fa, fb, scaling).map_err(|e| Self::tensor_error(a, e))
+            }
+            Work::Packed { name, layout, tensors: t } => {
+                let [qweight, qzeros, scales, g_idx] = &active.wholes;
+                let parts = PackedTensors {
+                    qweight: tensor_bytes(&t.qweight, qweight),
+                    qzeros: tensor_bytes(&t.qzeros, qzeros),
+                    scales: tensor_bytes(&t.scales, scales),
+                    g_idx: t.g_idx.as_ref().map(|g| tensor_bytes(g, g_idx)),
+                };
+                packed_signature(&self.plan.scheme, name, layout, self.plan.gptq, parts)
+                    .map_err(|e| Self::tensor_error(&t.qweight, e))
             }
         }
     }
@@ -629,9 +674,12 @@ pub fn parse_adapter_config(bytes: &[u8]) -> Result<LoraConfig, AdapterConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::corpus::{Tensor, bf16_bytes, f32_bytes, safetensors_file, values};
+    use crate::corpus::{
+        Tensor, bf16_bytes, f32_bytes, pack_int4, packed_case_file, packed_cases, safetensors_file, values,
+    };
     use crate::header::parse_header;
     use crate::model::Dtype;
+    use crate::packed::PackedFormat;
     use crate::reader::sign_files;
     use std::path::{Path, PathBuf};
 
@@ -656,11 +704,16 @@ mod tests {
             tensor("q.weight_scale", Dtype::F32, &[64, 1], 4),
             tensor("e.weight", Dtype::BF16, &[0, 8], 5),
         ];
-        let second = vec![
+        let mut second = vec![
             tensor("base_model.model.v.lora_A.weight", Dtype::F32, &[4, 24], 6),
             tensor("base_model.model.v.lora_B.weight", Dtype::F32, &[40, 4], 7),
             tensor("model.layers.0.mlp.down_proj.weight", Dtype::BF16, &[200, 48], 8),
         ];
+        // Packed 4-bit modules, GPTQ (with an act-order g_idx) and AWQ, tall enough for several row blocks.
+        let act_order: Vec<u32> = (0..64u32).map(|i| (i * 37 % 64) / 16).collect();
+        second.extend(pack_int4("g", PackedFormat::Gptq, true, (96, 64, 4), &act_order, 9).tensors);
+        let contiguous: Vec<u32> = (0..32u32).map(|i| i / 16).collect();
+        second.extend(pack_int4("w", PackedFormat::Awq, false, (200, 32, 2), &contiguous, 10).tensors);
         (first, second)
     }
 
@@ -701,9 +754,11 @@ mod tests {
         let lora = Some(LoraConfig { alpha: 16.0, use_rslora: false });
         for fraction in [1.0, 0.25, 0.02] {
             let scheme = Scheme { row_fraction: fraction, sketch_k: 16, samples: 200, ..Scheme::default() };
-            for opts in [SignOptions::default(), SignOptions { lora, dequantize: false }] {
+            for opts in [SignOptions::default(), SignOptions { lora, dequantize: false, ..SignOptions::default() }] {
                 let expected = sign_files(&paths, &scheme, &opts).expect("signed");
                 assert!(expected.tensor("q.weight").is_some() && expected.tensor("v.weight").is_some());
+                let dequantized = opts.dequantize;
+                assert_eq!(expected.tensor("g.weight").is_some() && expected.tensor("w.weight").is_some(), dequantized);
                 let mut counts = Vec::new();
                 for limits in [
                     ReadLimits::default(),
@@ -762,6 +817,17 @@ mod tests {
         assert!(matches!(plan.run(&mut Short(bytes.clone())), Err(RunError::WrongLength { .. })));
         let files: Vec<MappedFile> = Vec::new();
         assert!(matches!(plan.run(&mut MappedSource::new(&files)), Err(RunError::Read { .. })));
+    }
+
+    #[test]
+    fn malformed_packed_modules_are_refused_at_planning() {
+        for case in packed_cases() {
+            let bytes = packed_case_file(&case);
+            let header = parse_header(&bytes, None).expect("valid header");
+            let got = SignPlan::new(&[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default());
+            let expected = PlanError::Packed { module: "m".into(), source: case.expected.clone() };
+            assert!(matches!(got, Err(SourcePlanError::Plan(ref e)) if *e == expected), "{}: {got:?}", case.name);
+        }
     }
 
     #[test]

@@ -46,8 +46,8 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 pub use error::{Result, StoreError};
 pub use types::{
-    EdgeRecord, EdgeSource, FailureRecord, FileRecord, ModelRecord, ModelStatus, RunId, RunKind, RunRecord, RunStatus,
-    SolveRecord, StoredModel, WalCheckpoint,
+    EdgeRecord, EdgeSource, FailureRecord, FileRecord, ModelRecord, ModelStatus, RetryPolicy, RunId, RunKind,
+    RunRecord, RunStatus, SolveRecord, StoredModel, WalCheckpoint,
 };
 
 use error::Context;
@@ -272,7 +272,7 @@ mod tests {
         {
             let mut store = Store::open(&path).expect("create");
             assert_eq!(store.path(), path);
-            assert_eq!(pragma_i64(&store.conn, "user_version"), 1);
+            assert_eq!(pragma_i64(&store.conn, "user_version"), 2);
             assert_eq!(pragma_i64(&store.conn, "application_id"), i64::from(migrate::APPLICATION_ID));
             assert_eq!(pragma_i64(&store.conn, "foreign_keys"), 1);
             assert_eq!(pragma_i64(&store.conn, "synchronous"), 2, "FULL");
@@ -284,7 +284,7 @@ mod tests {
             assert_eq!(store.integrity_check().expect("check"), "ok");
         }
         let store = Store::open(&path).expect("reopen");
-        assert_eq!(pragma_i64(&store.conn, "user_version"), 1);
+        assert_eq!(pragma_i64(&store.conn, "user_version"), 2);
         assert_eq!(store.get_checkpoint("crawl/cursor").expect("get").as_deref(), Some("def"));
         assert_eq!(store.get_checkpoint("other").expect("get"), None);
         let tables: i64 = store
@@ -375,15 +375,36 @@ mod tests {
     }
 
     #[test]
+    fn version_1_upgrades_with_its_failures_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_in(&dir);
+        {
+            let store = Store::open_with(&path, &migrate::MIGRATIONS[..1]).expect("create v1");
+            store
+                .conn
+                .execute(
+                    "INSERT INTO failures (model_id, source, path, error, attempts, first_at, last_at) \
+                     VALUES ('a/b', 'hub', 'c', 'e', 3, 'x', 'y')",
+                    [],
+                )
+                .expect("insert");
+        }
+        let store = Store::open(&path).expect("upgrade");
+        assert_eq!(pragma_i64(&store.conn, "user_version"), 2);
+        let due = store.due_failures("hub").expect("due");
+        assert_eq!((due.len(), due[0].attempts, due[0].next_retry_at.clone()), (1, 3, None));
+    }
+
+    #[test]
     fn newer_schemas_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = db_in(&dir);
         drop(Store::open(&path).expect("create"));
-        Connection::open(&path).expect("raw").pragma_update(None, "user_version", 2).expect("bump");
+        Connection::open(&path).expect("raw").pragma_update(None, "user_version", 3).expect("bump");
         let err = Store::open(&path).expect_err("too new");
         assert_eq!(
             err.to_string(),
-            format!("{} has schema version 2, newer than the 1 this build knows; upgrade modeltree", path.display())
+            format!("{} has schema version 3, newer than the 2 this build knows; upgrade modeltree", path.display())
         );
         Connection::open(&path).expect("raw").pragma_update(None, "user_version", -5).expect("negative");
         assert!(matches!(Store::open(&path), Err(StoreError::Corrupt { .. })));
@@ -394,14 +415,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = db_in(&dir);
         {
-            let mut store = Store::open(&path).expect("create");
+            let mut store = Store::open_with(&path, &migrate::MIGRATIONS[..1]).expect("create");
             store.set_checkpoint("k", "v").expect("set");
         }
         // A second migration whose last statement fails: its first statement must not survive.
         let broken = [migrate::MIGRATIONS[0], "CREATE TABLE extra (x INTEGER); INSERT INTO missing VALUES (1);"];
         let err = Store::open_with(&path, &broken).expect_err("migration fails");
         assert!(matches!(err, StoreError::Migration { version: 2, .. }), "{err:?}");
-        let store = Store::open(&path).expect("still version 1");
+        let store = Store::open_with(&path, &migrate::MIGRATIONS[..1]).expect("still version 1");
         assert_eq!(pragma_i64(&store.conn, "user_version"), 1);
         let extra: i64 = store
             .conn
@@ -415,8 +436,11 @@ mod tests {
         assert_eq!(pragma_i64(&store.conn, "user_version"), 2);
         assert_eq!(store.get_checkpoint("k").expect("get").as_deref(), Some("v"));
         drop(store);
-        // And this build, knowing only version 1, now refuses the file.
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 2, known: 1, .. })));
+        // And a build knowing only version 1 now refuses the file.
+        assert!(matches!(
+            Store::open_with(&path, &migrate::MIGRATIONS[..1]),
+            Err(StoreError::TooNew { found: 2, known: 1, .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::error::{Result, StoreError};
 pub(crate) const APPLICATION_ID: i32 = 0x4d54_5245;
 
 /// The schema history, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+pub(crate) const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_failure_backoff.sql")];
 
 /// Schema version this build writes.
 pub(crate) fn known_version(migrations: &[&str]) -> i64 {

@@ -11,7 +11,7 @@ use signature::{ModelSignature, Moments, Scheme, Sketch, TensorSignature};
 
 use crate::codec;
 use crate::error::{Context, Result, StoreError};
-use crate::types::{FailureRecord, FileRecord, ModelRecord, ModelStatus, StoredModel};
+use crate::types::{FailureRecord, FileRecord, ModelRecord, ModelStatus, RetryPolicy, StoredModel};
 use crate::{Store, now};
 
 const MODEL_COLUMNS: &str = "pk, id, source, revision, license, base_model_relation, model_type, hidden_size, \
@@ -45,11 +45,28 @@ impl Store {
 
     /// Records that `id` failed at `path` with `error`: inserts its failure row or bumps its attempt count, and
     /// marks a stored model `failed`. A model that once indexed keeps its last signature, so lineage can still use
-    /// it while the failure is retried. Returns the attempt count.
+    /// it while the failure is retried. It is due again at once ([`RetryPolicy::IMMEDIATE`]). Returns the attempt
+    /// count.
     ///
     /// # Errors
     /// [`StoreError::Write`] when the write fails.
     pub fn record_failure(&mut self, id: &str, source: &str, path: &str, error: &str) -> Result<u32> {
+        self.record_failure_backoff(id, source, path, error, RetryPolicy::IMMEDIATE)
+    }
+
+    /// [`Store::record_failure`], due again after `policy`'s delay for this attempt count, in the same
+    /// transaction. Returns the attempt count.
+    ///
+    /// # Errors
+    /// [`StoreError::Write`] when the write fails.
+    pub fn record_failure_backoff(
+        &mut self,
+        id: &str,
+        source: &str,
+        path: &str,
+        error: &str,
+        policy: RetryPolicy,
+    ) -> Result<u32> {
         let write_err = |source| StoreError::Write { model: id.to_string(), source };
         let tx = self.write_tx().map_err(write_err)?;
         let attempts: u32 = tx
@@ -68,6 +85,12 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(write_err)?;
+        let delay = format!("+{:.3} seconds", policy.delay(attempts).as_secs_f64());
+        tx.execute(
+            "UPDATE failures SET next_retry_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2) WHERE model_id = ?1",
+            [id, delay.as_str()],
+        )
+        .map_err(write_err)?;
         tx.execute(
             concat!("UPDATE models SET status = 'failed', updated = ", now!(), " WHERE id = ?1 AND status <> 'failed'"),
             [id],
@@ -272,14 +295,30 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`] when the read fails.
     pub fn failures(&self) -> Result<Vec<FailureRecord>> {
+        self.read_failures("", [])
+    }
+
+    /// The failures from `source` whose retry time has come, sorted by model id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlite`] when the read fails.
+    pub fn due_failures(&self, source: &str) -> Result<Vec<FailureRecord>> {
+        self.read_failures(
+            concat!("WHERE source = ?1 AND (next_retry_at IS NULL OR next_retry_at <= ", now!(), ")"),
+            [source],
+        )
+    }
+
+    fn read_failures<P: rusqlite::Params>(&self, filter: &str, params: P) -> Result<Vec<FailureRecord>> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT model_id, source, path, error, attempts, first_at, last_at FROM failures ORDER BY model_id",
-            )
+            .prepare(&format!(
+                "SELECT model_id, source, path, error, attempts, first_at, last_at, next_retry_at FROM failures \
+                 {filter} ORDER BY model_id"
+            ))
             .op("read failures")?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params, |r| {
                 Ok(FailureRecord {
                     model_id: r.get(0)?,
                     source: r.get(1)?,
@@ -288,6 +327,7 @@ impl Store {
                     attempts: r.get(4)?,
                     first_at: r.get(5)?,
                     last_at: r.get(6)?,
+                    next_retry_at: r.get(7)?,
                 })
             })
             .op("read failures")?;
@@ -844,6 +884,32 @@ mod tests {
         store.put_indexed(&full_record("old/m", "r1"), &sig).expect("put");
         assert!(store.failures().expect("read").is_empty());
         assert_eq!(store.model_state("old/m").expect("read"), Some(("r1".to_string(), ModelStatus::Indexed)));
+    }
+
+    #[test]
+    fn failures_back_off_and_fall_due() {
+        let (_dir, mut store) = open();
+        let policy = RetryPolicy { base: std::time::Duration::from_secs(60), cap: std::time::Duration::from_secs(300) };
+        assert_eq!(
+            [1, 2, 3, 4, 5, 40, u32::MAX].map(|a| policy.delay(a).as_secs()),
+            [60, 120, 240, 300, 300, 300, 300]
+        );
+        assert_eq!(RetryPolicy::IMMEDIATE.delay(7), std::time::Duration::ZERO);
+        store.record_failure_backoff("a/later", "hub", "c1", "boom", policy).expect("fail");
+        store.record_failure("a/now", "hub", "c1", "boom").expect("fail");
+        store.record_failure("b/other-source", "elsewhere", "c1", "boom").expect("fail");
+        let due: Vec<String> = store.due_failures("hub").expect("due").into_iter().map(|f| f.model_id).collect();
+        assert_eq!(due, ["a/now"]);
+        let all = store.failures().expect("read");
+        let later = all.iter().find(|f| f.model_id == "a/later").expect("recorded");
+        let (next, last) = (later.next_retry_at.clone().expect("scheduled"), later.last_at.clone());
+        assert!(next > last, "{next} after {last}");
+        // The second attempt waits twice as long: still not due.
+        store.record_failure_backoff("a/later", "hub", "c2", "boom", policy).expect("fail");
+        assert_eq!(store.due_failures("hub").expect("due").len(), 1);
+        let sig = random_signature(&mut Rng::new(11), odd_scheme(), 2);
+        store.put_indexed(&bare_record("a/now", "r"), &sig).expect("put");
+        assert!(store.due_failures("hub").expect("due").is_empty());
     }
 
     #[test]

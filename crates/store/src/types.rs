@@ -238,6 +238,26 @@ pub struct FailureRecord {
     pub attempts: u32,
     pub first_at: String,
     pub last_at: String,
+    /// When it may be retried; `None` means at the next opportunity.
+    pub next_retry_at: Option<String>,
+}
+
+/// How long a failed model waits before its next attempt: `base` after the first failure, doubling per attempt
+/// up to `cap`. [`RetryPolicy::IMMEDIATE`] retries at the next opportunity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: std::time::Duration,
+    pub cap: std::time::Duration,
+}
+
+impl RetryPolicy {
+    pub const IMMEDIATE: RetryPolicy = RetryPolicy { base: std::time::Duration::ZERO, cap: std::time::Duration::ZERO };
+
+    /// The wait after the `attempts`-th consecutive failure (1-based).
+    pub fn delay(self, attempts: u32) -> std::time::Duration {
+        let doublings = attempts.saturating_sub(1).min(40);
+        self.base.saturating_mul(1u32 << doublings.min(31)).min(self.cap)
+    }
 }
 
 /// How hard [`crate::Store::wal_checkpoint`] tries.

@@ -4,8 +4,9 @@
 //! Hub-style repo with a `ground_truth.json` beside them (see [`zoo`]). `report` reads a zoo back and prints the
 //! evidence that it is real (see [`report`]). The modules: [`tasks`] (procedural data), [`model`] (the Llama in
 //! candle), [`train`] (AdamW loop), [`weights`] (casts, quantisation, merges, statistics), [`repo`] (safetensors,
-//! configs, cards, PEFT adapters).
+//! configs, cards, PEFT adapters), [`int4`] (GPTQ and AWQ packing).
 
+mod int4;
 mod model;
 mod plan;
 mod repo;
@@ -36,6 +37,7 @@ struct Cli {
 enum SizeArg {
     Small,
     Bench,
+    Wide,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +77,7 @@ fn parse_size(s: &str) -> Result<plan::Size> {
         "small" => plan::Size::Small,
         "bench" => plan::Size::Bench,
         "tiny" => plan::Size::Tiny,
+        "wide" => plan::Size::Wide,
         other => bail!("unknown zoo size {other:?}"),
     })
 }
@@ -123,6 +126,7 @@ fn run() -> Result<ExitCode> {
             let size = match size {
                 SizeArg::Small => plan::Size::Small,
                 SizeArg::Bench => plan::Size::Bench,
+                SizeArg::Wide => plan::Size::Wide,
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let t0 = Instant::now();

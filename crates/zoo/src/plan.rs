@@ -23,6 +23,9 @@ pub enum Size {
     Bench,
     /// The small zoo's shape with a toy architecture and a few steps per run, for end-to-end unit tests.
     Tiny,
+    /// Realistic tensor shapes (hidden 512, vocabulary 1024, every matrix ≥ 512 rows) so that row-block sampling
+    /// can read a few percent of a checkpoint: 3 trees, about 30 models, short runs that fit one core in half an hour.
+    Wide,
 }
 
 impl Size {
@@ -32,6 +35,7 @@ impl Size {
             Size::Small => "small",
             Size::Bench => "bench",
             Size::Tiny => "tiny",
+            Size::Wide => "wide",
         }
     }
 }
@@ -312,6 +316,8 @@ impl Builder {
         let name = match q {
             Quant::Int8 => format!("{}-W8A16-int8", self.stem(parent)),
             Quant::Fp8 => format!("{}-FP8-channel", self.stem(parent)),
+            Quant::Gptq4 => format!("{}-GPTQ-Int4", self.stem(parent)),
+            Quant::Awq4 => format!("{}-AWQ", self.stem(parent)),
         };
         let i = self.push(QUANT_ORG, name, Kind::Quantized(q), vec![parent], StoreDtype::BF16);
         self.nodes[i].sharded = false;
@@ -477,6 +483,18 @@ pub fn arch_for(size: Size) -> Arch {
             rms_eps: 1e-5,
             rope_theta: 10_000.0,
         },
+        // Llama proportions (intermediate ≈ 2.75 × hidden, head width 64). The tasks use 136 token ids; the rest of
+        // the vocabulary is there so embeddings have as many rows as the row sampler's 64 blocks need.
+        Size::Wide => Arch {
+            vocab: 1024,
+            hidden: 512,
+            layers: 2,
+            heads: 8,
+            intermediate: 1408,
+            ctx: 32,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+        },
     }
 }
 
@@ -487,6 +505,10 @@ pub fn build(size: Size, seed: u64) -> Plan {
         Size::Small => (3, 1500, (150, 300), 32, 16),
         Size::Bench => (6, 3000, (250, 500), 32, 16),
         Size::Tiny => (3, 6, (50, 50), 4, 4),
+        // A step costs ~0.4 s (batch 16) on one core at this width, so runs are short. At the common 5e-3 peak rate
+        // a wide root's kurtosis has risen and levelled off by step 250 (a measured 0 → 15); fine-tunes take 100
+        // steps of batch 8.
+        Size::Wide => (3, 300, (100, 149), 16, 8),
     };
     let rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, 0x21_00));
     let mut b = Builder { size, rng, nodes: Vec::new(), ft_steps, batch, ft_batch };
@@ -497,13 +519,32 @@ pub fn build(size: Size, seed: u64) -> Plan {
         let data_like = (r == roots - 1).then_some(0);
         let root = b.root(r, data_like, root_steps, 5e-3, dtype, dtype == StoreDtype::F32);
         match b.size {
-            Size::Small | Size::Tiny => b.grow_small(root, r),
+            Size::Small | Size::Tiny | Size::Wide => b.grow_small(root, r),
             Size::Bench => b.grow_bench(root, r),
         }
     }
     plant_card_defects(&mut b);
+    if size == Size::Bench {
+        add_int4_children(&mut b, seed);
+    }
     let eval_rows = if size == Size::Tiny { 4 } else { 32 };
     Plan { size, seed, arch, nodes: b.nodes, eval_rows }
+}
+
+/// Appends the bench zoo's packed int4 children: a GPTQ one of the second tree's first full fine-tune and an AWQ
+/// one of the fourth tree's root. They come after every other node and draw from their own RNG stream, so adding
+/// them left every earlier model, card defect and license byte-identical; their cards are correct.
+fn add_int4_children(b: &mut Builder, seed: u64) {
+    b.rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, 0x21_04));
+    let full_child = (0..b.nodes.len())
+        .find(|&i| b.nodes[i].family == 1 && matches!(b.nodes[i].kind, Kind::Finetune { mode: Mode::Full, .. }));
+    let root = (0..b.nodes.len()).find(|&i| b.nodes[i].family == 3 && b.nodes[i].parents.is_empty());
+    if let Some(p) = full_child {
+        b.quantized(p, Quant::Gptq4);
+    }
+    if let Some(p) = root {
+        b.quantized(p, Quant::Awq4);
+    }
 }
 
 /// Plants the defects real cards have: missing and wrong `base_model`, and license conflicts.
@@ -512,7 +553,7 @@ fn plant_card_defects(b: &mut Builder) {
     let roots: Vec<usize> = (0..n).filter(|&i| b.nodes[i].parents.is_empty()).collect();
     let derived: Vec<usize> = (0..n).filter(|&i| !b.nodes[i].parents.is_empty()).collect();
     let (missing, wrong) = match b.size {
-        Size::Small | Size::Tiny => (2, 3),
+        Size::Small | Size::Tiny | Size::Wide => (2, 3),
         Size::Bench => (n / 10, n / 20),
     };
     let mut picks: Vec<usize> = derived.iter().copied().filter(|&i| b.nodes[i].declared == Declared::Correct).collect();
@@ -547,7 +588,7 @@ fn plant_card_defects(b: &mut Builder) {
     // License conflicts: a permissive or missing license under a non-commercial or community-licensed parent.
     let restrictive = |l: &Option<String>| matches!(l.as_deref(), Some("cc-by-nc-4.0" | "llama3.1" | "gemma"));
     let limit = match b.size {
-        Size::Small | Size::Tiny => 2,
+        Size::Small | Size::Tiny | Size::Wide => 2,
         Size::Bench => 6,
     };
     let has_children = |b: &Builder, i: usize| b.nodes.iter().any(|m| m.parents.contains(&i));

@@ -3,8 +3,8 @@
 //! A full model repo holds `config.json` (`LlamaForCausalLM`), one or two safetensors shards (with
 //! `model.safetensors.index.json` when sharded), `tokenizer.json` (a `tokenizers` WordLevel model) and `README.md` with
 //! YAML front matter. Quantised repos store int8/fp8 payloads plus per-channel `weight_scale` tensors, the
-//! compressed-tensors way. Adapter repos are PEFT's layout: `adapter_config.json` and `adapter_model.safetensors`,
-//! no `config.json`. Every file is serialised deterministically (sorted maps, fixed metadata) so a seed fixes the bytes.
+//! compressed-tensors way, or packed int4 the GPTQ or AWQ way ([`crate::int4`]). Adapter repos are PEFT's layout:
+//! `adapter_config.json` and `adapter_model.safetensors`, no `config.json`. Every file is serialised deterministically (sorted maps, fixed metadata) so a seed fixes the bytes.
 //!
 //! The readers here are what a fine-tune uses to start from its parent's *stored* weights, and what the report uses.
 
@@ -63,11 +63,18 @@ pub fn stored_tensors(w: &Weights, dtype: StoreDtype, quant: Option<Quant>) -> R
     let mut out = BTreeMap::new();
     for (name, m) in w {
         match quant {
+            Some(q @ (Quant::Gptq4 | Quant::Awq4)) if crate::weights::is_block_matrix(name) => {
+                out.extend(crate::int4::pack(name, m, q)?);
+            }
+            // GPTQ and AWQ checkpoints keep everything they do not pack in fp16.
+            Some(Quant::Gptq4 | Quant::Awq4) => {
+                out.insert(name.clone(), encode(m, StoreDtype::F16));
+            }
             Some(q) if crate::weights::is_block_matrix(name) => {
                 let Quantized { payload, scales } = quantize(m, q)?;
                 let dt = match q {
                     Quant::Int8 => Dtype::I8,
-                    Quant::Fp8 => Dtype::F8_E4M3,
+                    Quant::Fp8 | Quant::Gptq4 | Quant::Awq4 => Dtype::F8_E4M3,
                 };
                 out.insert(name.clone(), Stored { dtype: dt, shape: m.shape.clone(), bytes: payload });
                 let scale_name = format!("{name}_scale");
@@ -165,16 +172,22 @@ pub fn config_json(arch: &Arch, dtype: StoreDtype, name_or_path: Option<&str>, q
         "bos_token_id": crate::tasks::BOS,
         "eos_token_id": crate::tasks::EOS,
         "pad_token_id": crate::tasks::PAD,
-        "torch_dtype": if quant.is_some() { "bfloat16" } else { dtype.torch_name() },
+        "torch_dtype": match quant {
+            Some(Quant::Gptq4 | Quant::Awq4) => "float16",
+            Some(_) => "bfloat16",
+            None => dtype.torch_name(),
+        },
         "transformers_version": "4.46.3",
     });
     if let Some(p) = name_or_path {
         v["_name_or_path"] = json!(p);
     }
-    if let Some(q) = quant {
+    if let Some(q @ (Quant::Gptq4 | Quant::Awq4)) = quant {
+        v["quantization_config"] = crate::int4::quantization_config(q);
+    } else if let Some(q) = quant {
         let ty = match q {
             Quant::Int8 => "int",
-            Quant::Fp8 => "float",
+            Quant::Fp8 | Quant::Gptq4 | Quant::Awq4 => "float",
         };
         v["quantization_config"] = json!({
             "quant_method": "compressed-tensors",
@@ -384,7 +397,13 @@ pub fn read_model(dir: &Path) -> Result<(Weights, LoadInfo)> {
     let mut quant = None;
     let mut w = Weights::new();
     for (name, (dtype, shape, bytes)) in &raw {
-        if name.ends_with("_scale") {
+        if name.ends_with("_scale") || [".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s)) {
+            continue;
+        }
+        if let Some(p) = name.strip_suffix(".qweight") {
+            let (m, q) = crate::int4::unpack(p, &raw)?;
+            quant = Some(q);
+            w.insert(format!("{p}.weight"), m);
             continue;
         }
         let m = match dtype {

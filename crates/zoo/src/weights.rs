@@ -212,13 +212,18 @@ pub fn merge_lora(w: &mut Weights, lora: &BTreeMap<String, LoraFactors>, scale: 
     Ok(())
 }
 
-/// Quantisation formats of the compressed-tensors children.
+/// Quantisation formats of the quantised children: compressed-tensors int8/fp8, and packed int4 (see
+/// [`crate::int4`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
     /// int8, symmetric per output channel, `scale = max|row| / 127`.
     Int8,
     /// float8 e4m3, per output channel, `scale = max|row| / 448`.
     Fp8,
+    /// 4-bit GPTQ layout (AutoGPTQ v1 checkpoint format), round-to-nearest per group.
+    Gptq4,
+    /// 4-bit AWQ GEMM layout (AutoAWQ), round-to-nearest per group.
+    Awq4,
 }
 
 impl Quant {
@@ -227,6 +232,7 @@ impl Quant {
         match self {
             Quant::Int8 => 127.0,
             Quant::Fp8 => 448.0,
+            Quant::Gptq4 | Quant::Awq4 => 15.0,
         }
     }
 
@@ -235,6 +241,8 @@ impl Quant {
         match self {
             Quant::Int8 => "int-quantized",
             Quant::Fp8 => "float-quantized",
+            Quant::Gptq4 => "gptq",
+            Quant::Awq4 => "awq",
         }
     }
 
@@ -243,6 +251,8 @@ impl Quant {
         match self {
             Quant::Int8 => "int8",
             Quant::Fp8 => "fp8",
+            Quant::Gptq4 => "gptq-int4",
+            Quant::Awq4 => "awq-int4",
         }
     }
 }
@@ -254,11 +264,12 @@ pub struct Quantized {
     pub scales: Vec<f32>,
 }
 
-/// Quantises a 2-D matrix per output channel.
+/// Quantises a 2-D matrix per output channel (int8/fp8; packed int4 is [`crate::int4::pack`]).
 ///
 /// # Errors
-/// When the tensor is not 2-D.
+/// When the tensor is not 2-D or `q` is a packed int4 format.
 pub fn quantize(m: &Mat, q: Quant) -> Result<Quantized> {
+    ensure!(matches!(q, Quant::Int8 | Quant::Fp8), "{q:?} is packed by crate::int4, not per channel");
     let (rows, cols) = m.dims2()?;
     let mut payload = Vec::with_capacity(rows * cols);
     let mut scales = Vec::with_capacity(rows);
@@ -272,7 +283,7 @@ pub fn quantize(m: &Mat, q: Quant) -> Result<Quantized> {
             let v = x / scale;
             payload.push(match q {
                 Quant::Int8 => (v.round().clamp(-127.0, 127.0) as i8).to_le_bytes()[0],
-                Quant::Fp8 => float8::F8E4M3::from_f32(v.clamp(-448.0, 448.0)).to_bits(),
+                Quant::Fp8 | Quant::Gptq4 | Quant::Awq4 => float8::F8E4M3::from_f32(v.clamp(-448.0, 448.0)).to_bits(),
             });
         }
     }
@@ -283,7 +294,8 @@ pub fn quantize(m: &Mat, q: Quant) -> Result<Quantized> {
 pub fn dequant_value(byte: u8, q: Quant) -> f32 {
     match q {
         Quant::Int8 => f32::from(i8::from_le_bytes([byte])),
-        Quant::Fp8 => float8::F8E4M3::from_bits(byte).to_f32(),
+        // Packed int4 is never stored a byte per value; fp8 is the only other one-byte payload.
+        Quant::Fp8 | Quant::Gptq4 | Quant::Awq4 => float8::F8E4M3::from_bits(byte).to_f32(),
     }
 }
 
@@ -356,7 +368,7 @@ mod tests {
                     // Rounding to the nearest integer step: half a step.
                     Quant::Int8 => 0.5 * qz.scales[r] + 1e-7,
                     // e4m3 keeps 3 mantissa bits: relative error ≤ 2^-4, plus the subnormal floor.
-                    Quant::Fp8 => rel_bound * x.abs() + qz.scales[r] * 2f32.powi(-9),
+                    Quant::Fp8 | Quant::Gptq4 | Quant::Awq4 => rel_bound * x.abs() + qz.scales[r] * 2f32.powi(-9),
                 };
                 assert!(err <= bound, "{q:?} r{r} c{c}: |{} - {}| = {err} > {bound}", d.data[r * 40 + c], x);
             }

@@ -88,3 +88,71 @@ async fn a_cut_download_resumes_and_a_wrong_one_is_discarded() {
     let blobs = dir.path().join("models--bitforge--bf-pico/blobs");
     assert_eq!(std::fs::read_dir(blobs).expect("blobs").count(), 0, "no blob, no temporary file");
 }
+
+/// Every regular file and symlink under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let path = e.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => out.extend(files_under(&path)),
+            Ok(_) => out.push(path),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn hostile_names_and_sizes_never_reach_the_disk() {
+    let sha = "2".repeat(40);
+    let served = sha.clone();
+    // What the resolver announces as X-Linked-Size; the CDN always sends 64 bytes.
+    let linked = Arc::new(std::sync::Mutex::new(String::new()));
+    let announced = Arc::clone(&linked);
+    let server = TestServer::start(move |req, base| {
+        if req.path().starts_with("/cdn/") {
+            return Reply::new(200).body(vec![7u8; 64]);
+        }
+        Reply::new(302)
+            .header("location", format!("{base}/cdn/blob"))
+            .header("x-repo-commit", served.clone())
+            .header("x-linked-size", announced.lock().expect("lock").clone())
+            .header("x-linked-etag", format!("\"{}\"", "a".repeat(64)))
+    })
+    .await;
+    let client = HubClient::new(config(&server.url())).expect("client");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = HfCache::new(dir.path().join("hub"));
+    let (id, commit) = (RepoId::parse("evil/model").expect("id"), Commit::parse(&sha).expect("commit"));
+    // Names that would leave the snapshot directory: refused before any request, nothing created.
+    for bad in
+        ["../../../escape.safetensors", "/tmp/abs.safetensors", "a/../../b.safetensors", "..", "a\\..\\b", "x\0y"]
+    {
+        let e = cache.download(&client, &id, &commit, bad).await.expect_err("refused");
+        assert!(matches!(e, HubError::BadFileName { .. }), "{bad:?}: {e}");
+    }
+    assert_eq!(server.requests().len(), 0);
+    assert!(!dir.path().join("hub").exists());
+    // Sizes that are not a u64: a typed header error, and the CDN is never asked.
+    for size in ["-1", "18446744073709551616", "1e9", "12 MB", ""] {
+        *linked.lock().expect("lock") = size.to_owned();
+        let e = cache.download(&client, &id, &commit, "model.safetensors").await.expect_err("refused");
+        assert!(matches!(e, HubError::BadHeader { name: "x-linked-size", .. }), "{size:?}: {e}");
+    }
+    assert_eq!(server.count(|q| q.path().starts_with("/cdn/")), 0);
+    // An absurd size (2^60 bytes) that the body never reaches, and a body longer than a small announced size:
+    // both fail, and neither leaves a blob, a snapshot or a partial file behind.
+    for size in [1u64 << 60, 10] {
+        *linked.lock().expect("lock") = size.to_string();
+        let e = cache.download(&client, &id, &commit, "model.safetensors").await.expect_err("refused");
+        let expected = if size == 10 {
+            matches!(e, HubError::BodyTooLong { expected: 10, .. })
+        } else {
+            matches!(e, HubError::BodyTooShort { .. } | HubError::SizeMismatch { .. } | HubError::Transport { .. })
+        };
+        assert!(expected, "size {size}: {e}");
+        assert_eq!(files_under(dir.path()), Vec::<std::path::PathBuf>::new(), "size {size}");
+    }
+}

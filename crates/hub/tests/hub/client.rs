@@ -540,3 +540,44 @@ async fn budgets_pace_requests_per_bucket() {
     bf_pico(&client, &z).await;
     assert!(quick.elapsed() < Duration::from_millis(500));
 }
+
+#[tokio::test]
+async fn api_json_bombs_and_oversized_documents_are_refused() {
+    let sha = "3".repeat(40);
+    let doc = format!(r#"{{"id":"a/big","sha":"{sha}","siblings":[],"pad":"{}"}}"#, "x".repeat(70_000));
+    let server = TestServer::start(move |req, _| {
+        let target = &req.target;
+        let body = if target.contains("nested") {
+            // 100,000 levels of nesting in 200 KB: a recursive parser without a depth limit would overflow the stack.
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))
+        } else if target.contains("/keys") {
+            // A wide bomb: one object with many keys, over the size cap.
+            let keys: Vec<String> = (0..20_000).map(|i| format!(r#""k{i}":{{}}"#)).collect();
+            format!("{{{}}}", keys.join(","))
+        } else {
+            doc.clone()
+        };
+        Reply::new(200).header("content-type", "application/json").body(body)
+    })
+    .await;
+    let client = HubClient::new(HubConfig { max_json_bytes: 64 << 10, ..config(&server.url()) }).expect("client");
+    let e = client.model_info(&id("a/nested"), &Revision::main()).await.expect_err("nested");
+    assert!(matches!(e, HubError::TooLarge { .. } | HubError::BadJson { .. }), "{e}");
+    for name in ["a/big", "a/keys"] {
+        let e = client.model_info(&id(name), &Revision::main()).await.expect_err("over the cap");
+        assert!(matches!(e, HubError::TooLarge { what: "json document", cap: 65_536, .. }), "{name}: {e}");
+    }
+    // Under a larger cap the deep document is read whole and still refused, by the parser's depth limit.
+    let client = HubClient::new(HubConfig { max_json_bytes: 1 << 20, ..config(&server.url()) }).expect("client");
+    let e = client.model_info(&id("a/nested"), &Revision::main()).await.expect_err("nested");
+    match e {
+        HubError::BadJson { message, .. } => assert!(message.contains("recursion limit"), "{message}"),
+        other => panic!("expected a refused JSON bomb, got {other}"),
+    }
+    // The listing fails the same way, as one error item, and asks for no further page.
+    let before = server.requests().len();
+    let items: Vec<_> =
+        client.list_models(&ListQuery { search: Some("nested".into()), ..ListQuery::default() }).collect().await;
+    assert!(items.len() == 1 && items[0].is_err(), "{items:?}");
+    assert_eq!(server.requests().len(), before + 1);
+}

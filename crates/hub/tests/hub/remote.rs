@@ -333,3 +333,81 @@ async fn partial_fetch_costs_on_a_llama_shaped_checkpoint() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_index_naming_files_outside_the_repository_is_refused_before_any_range() {
+    let commit_id = "4".repeat(40);
+    for shard in
+        ["../model-00001-of-00001.safetensors", "/etc/model.safetensors", "sub/model.safetensors", "..\\m.safetensors"]
+    {
+        let index = serde_json::json!({"metadata": {"total_size": 4}, "weight_map": {"a": shard}}).to_string();
+        let c = commit_id.clone();
+        let server = TestServer::start(move |req: &Request, _base: &str| {
+            if req.path().ends_with("/model.safetensors.index.json") {
+                return Reply::new(200).header("x-repo-commit", c.clone()).body(index.clone());
+            }
+            Reply::new(404).header("x-error-code", "EntryNotFound")
+        })
+        .await;
+        let client = HubClient::new(config(&server.url())).expect("client");
+        let files: Vec<RemoteFile> = ["model.safetensors.index.json", "model-00001-of-00001.safetensors"]
+            .iter()
+            .map(|n| RemoteFile { name: (*n).into(), size: None, sha256: None })
+            .collect();
+        let id = RepoId::parse("evil/sharded").expect("id");
+        let commit = Commit::parse(&commit_id).expect("commit");
+        let got = sign_remote_model(&client, &id, &commit, &files, &Scheme::default(), &RemoteOptions::default()).await;
+        assert!(matches!(got, Err(RemoteError::Index { .. })), "{shard:?}: {got:?}");
+        // Only the index itself was asked for (its resolve and its body); no shard was resolved or read.
+        assert!(server.requests().iter().all(|q| q.path().ends_with("/model.safetensors.index.json")), "{shard:?}");
+    }
+}
+
+#[tokio::test]
+async fn absurd_sizes_and_shapes_are_refused_within_one_range() {
+    let opts = RemoteOptions::default();
+    // A served size of 2^60 bytes for a file whose header describes 4 bytes of data.
+    let bytes = file_with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 4);
+    let (server, client, commit, files) = one_file_repo(bytes, Some(1 << 60)).await;
+    let id = RepoId::parse("evil/model").expect("id");
+    let got = sign_remote_model(&client, &id, &commit, &files, &Scheme::default(), &opts).await;
+    assert!(matches!(got, Err(RemoteError::SizeMismatch { listed: 1_152_921_504_606_846_976, .. })), "{got:?}");
+    assert_eq!(server.count(|q| q.path().starts_with("/cdn/")), 0, "refused on the resolve answer");
+    // A server that itself claims 2^60 bytes (zeros after the real content): the header cannot account for them.
+    let real = file_with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 4);
+    let huge: u64 = 1 << 60;
+    let c = "5".repeat(40);
+    let served = c.clone();
+    let server = TestServer::start(move |req: &Request, base: &str| {
+        if req.path().starts_with("/cdn/") {
+            let (a, b) = req.range().expect("ranged");
+            let b = b.unwrap_or(huge - 1);
+            let body: Vec<u8> =
+                (a..=b.min(a + (1 << 20))).map(|i| real.get(i as usize).copied().unwrap_or(0)).collect();
+            let end = a + body.len() as u64 - 1;
+            return Reply::new(206).header("content-range", format!("bytes {a}-{end}/{huge}")).body(body);
+        }
+        Reply::new(302)
+            .header("location", format!("{base}/cdn/blob"))
+            .header("x-repo-commit", served.clone())
+            .header("x-linked-size", huge.to_string())
+    })
+    .await;
+    let client = HubClient::new(config(&server.url())).expect("client");
+    let files = vec![RemoteFile { name: "model.safetensors".into(), size: None, sha256: None }];
+    let commit = Commit::parse(&c).expect("commit");
+    let got = sign_remote_model(&client, &id, &commit, &files, &Scheme::default(), &opts).await;
+    assert!(matches!(got, Err(RemoteError::Header { .. })), "{got:?}");
+    assert_eq!(server.count(|q| q.path().starts_with("/cdn/")), 1, "refused on the header read alone");
+    // Shapes whose element count or byte size overflows, or that claim far more data than the file holds.
+    for (json, what) in [
+        (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, "element count overflows"),
+        (r#"{"a":{"dtype":"F64","shape":[2305843009213693952,2],"data_offsets":[0,4]}}"#, "byte size overflows"),
+        (r#"{"a":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4]}}"#, "shape disagrees with offsets"),
+        (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#, "data end past the file"),
+    ] {
+        let (got, ranges) = hostile(file_with_header(json, 4), &opts).await;
+        assert!(matches!(got, Err(RemoteError::Header { .. })), "{what}: {got:?}");
+        assert_eq!(ranges, 1, "{what}: refused on the header read alone");
+    }
+}
