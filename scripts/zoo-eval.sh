@@ -8,8 +8,8 @@ shift || true
 profile=${PROFILE:-release}
 flag=$([ "$profile" = release ] && echo --release || true)
 cargo build $flag --locked --bin modeltree
-bin=target/$profile/modeltree
-[ "$profile" = dev ] && bin=target/debug/modeltree
+bin=${CARGO_TARGET_DIR:-target}/$profile/modeltree
+[ "$profile" = dev ] && bin=${CARGO_TARGET_DIR:-target}/debug/modeltree
 db=$(mktemp -d)/zoo.db
 trap 'rm -rf "$(dirname "$db")"' EXIT
 "$bin" --db "$db" scan "$zoo"

@@ -365,12 +365,13 @@ async fn sign_repo(
         }
     });
     let files: Vec<RemoteFile> = info.siblings.iter().map(RemoteFile::from).collect();
+    let sign = meta::sign_options(&config);
     let (signature, bytes_fetched, checkpoint_bytes, file_records) = if full {
-        sign_full(client, id, commit, &info, scheme).await?
+        sign_full(client, id, commit, &info, scheme, sign).await?
     } else {
-        let signed = hub::sign_remote_model(client, id, commit, &files, scheme, &RemoteOptions::default())
-            .await
-            .context("cannot sign")?;
+        let options = RemoteOptions { sign, ..RemoteOptions::default() };
+        let signed =
+            hub::sign_remote_model(client, id, commit, &files, scheme, &options).await.context("cannot sign")?;
         let records = signed
             .files
             .iter()
@@ -414,6 +415,7 @@ async fn sign_full(
     commit: &Commit,
     info: &hub::RepoInfo,
     scheme: &Scheme,
+    sign: signature::SignOptions,
 ) -> anyhow::Result<(ModelSignature, u64, u64, Vec<FileRecord>)> {
     let wanted: Vec<&hub::Sibling> = info
         .siblings
@@ -425,13 +427,20 @@ async fn sign_full(
                     || s.rfilename == "adapter_config.json")
         })
         .collect();
-    let before = client.stats().bytes();
+    // Bytes this model brought into the cache: files already there cost nothing (the client's byte counter is
+    // shared by every model signed at once, so it cannot say).
+    let cache = hub::HfCache::from_env();
+    let mut fetched = 0u64;
     let mut dir: Option<PathBuf> = None;
     let mut records = Vec::new();
     for sibling in &wanted {
+        let cached = cache.as_ref().is_some_and(|c| c.snapshot_path(id, commit, &sibling.rfilename).exists());
         let path = hub::download_to_cache(client, id, commit, &sibling.rfilename)
             .await
             .with_context(|| format!("cannot download {}", sibling.rfilename))?;
+        if !cached {
+            fetched += std::fs::metadata(&path).map_or(0, |m| m.len());
+        }
         dir = path.parent().map(PathBuf::from);
         records.push(FileRecord {
             path: sibling.rfilename.clone(),
@@ -441,12 +450,10 @@ async fn sign_full(
     }
     let dir = dir.context("the repo has no safetensors files")?;
     let scheme = *scheme;
-    let signed = tokio::task::spawn_blocking(move || {
-        signature::sign_model_dir(&dir, &scheme, &signature::SignOptions::default())
-    })
-    .await
-    .context("the signing task failed")?
-    .context("cannot sign")?;
+    let signed = tokio::task::spawn_blocking(move || signature::sign_model_dir(&dir, &scheme, &sign))
+        .await
+        .context("the signing task failed")?
+        .context("cannot sign")?;
     let checkpoint = signed.files.iter().map(|f| f.len).sum();
-    Ok((signed.signature, client.stats().bytes() - before, checkpoint, records))
+    Ok((signed.signature, fetched, checkpoint, records))
 }

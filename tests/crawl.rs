@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use signature::Scheme;
+mod common;
 
 fn zoo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
@@ -36,7 +36,7 @@ fn run_json(cmd: &mut Command) -> serde_json::Value {
 /// Signatures per model, and the edges as (parent, child, relation): what must not depend on how the bytes came.
 fn lineage_and_signatures(db: &Path) -> (String, Vec<(String, String, String)>) {
     let store = store::Store::open(db).expect("open store");
-    let mut sigs = store.signatures_for_scheme(&Scheme::default().id()).expect("signatures");
+    let mut sigs = store.signatures_for_scheme(&common::default_scheme().id()).expect("signatures");
     sigs.sort_by(|a, b| a.0.cmp(&b.0));
     let sigs = sigs.iter().map(|(id, s)| format!("{id} {s:?}\n")).collect();
     let mut edges: Vec<_> =

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use signature::Scheme;
+mod common;
 
 fn zoo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
@@ -49,7 +49,7 @@ fn snapshot(db: &Path) -> String {
     for m in &models {
         out.push_str(&format!("{} {} {:?}\n", m.record.id, m.status.as_str(), m.record.license));
     }
-    let mut sigs = store.signatures_for_scheme(&Scheme::default().id()).expect("signatures");
+    let mut sigs = store.signatures_for_scheme(&common::default_scheme().id()).expect("signatures");
     sigs.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, sig) in &sigs {
         out.push_str(&format!("{id} {:?}\n", sig));

@@ -76,7 +76,9 @@ impl Default for RemoteOptions {
     fn default() -> RemoteOptions {
         RemoteOptions {
             sign: SignOptions::default(),
-            limits: ReadLimits { max_read: 16 << 20, max_gap: 256 << 10, max_whole: 256 << 20 },
+            // A 64 KiB gap saves a request where selected row blocks nearly touch, without reading most of a
+            // mid-sized tensor between them (256 KiB read 10% of the wide zoo's bytes at f = 0.02; 64 KiB 4.2%).
+            limits: ReadLimits { max_read: 16 << 20, max_gap: 64 << 10, max_whole: 256 << 20 },
             prefetch_bytes: 64 << 20,
             max_header_len: DEFAULT_MAX_HEADER_LEN,
         }
