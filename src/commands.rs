@@ -63,6 +63,9 @@ pub fn scan_into(
     scheme: &Scheme,
     method: Method,
 ) -> anyhow::Result<scan::ScanStats> {
+    // One writer per database, as for crawl and the daemon; a scan killed earlier left its run `running`.
+    let _lock = crate::daemon::lock::InstanceLock::acquire(store.path())?;
+    store.interrupt_stale_runs().context("cannot mark stale runs")?;
     let run = store.begin_run(RunKind::Scan).context("cannot start a run")?;
     let mut stats = scan::ScanStats::default();
     let result = (|| {

@@ -124,6 +124,12 @@ fn killed_scan_resumes_to_the_same_store() {
     assert_eq!(snapshot(&clean), snapshot(&killed), "killed {kills} times, then resumed");
     let store = store::Store::open(&killed).expect("open");
     assert_eq!(store.integrity_check().expect("integrity"), "ok");
+    // A scan killed inside its run left it `running`; the next scan marked it interrupted. (A kill can also land
+    // before the run begins or after it ends.)
+    let runs = store.runs().expect("runs");
+    let interrupted = runs.iter().filter(|r| r.status == store::RunStatus::Interrupted).count();
+    assert!((1..=kills).contains(&interrupted), "{interrupted} interrupted of {kills} kills: {runs:?}");
+    assert!(runs.iter().all(|r| r.status != store::RunStatus::Running), "{runs:?}");
 }
 
 #[test]
