@@ -15,7 +15,8 @@ const NIL: u32 = u32::MAX;
 ///
 /// `edges` holds `(parent, child, cost)`. Edges into `root`, self-loops, edges with an endpoint `>= n` and edges
 /// whose cost is not finite are ignored; parallel edges are allowed (the cheapest wins). Returns the parent of
-/// every node (`None` for `root`), or `None` when some node cannot be reached from `root` (or `root >= n`).
+/// every node (`None` for `root`), or `None` when some node cannot be reached from `root` (or `root >= n`, or
+/// there are 2³² edges or more).
 /// When several arborescences have the same minimum cost, which one is returned depends only on the input order.
 pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) -> Option<Vec<Option<usize>>> {
     // Heap links and edge indices are 32-bit to halve the arena; no family comes near 4 billion edges.
@@ -24,39 +25,16 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
     }
     let usable = |&(a, b, w): &(usize, usize, f64)| a < n && b < n && a != b && b != root && w.is_finite();
 
-    // Each node's incoming edges, cheapest first (ties in input order), laid out contiguously: a sorted list
-    // chained through `left` is already a leftist heap, so building the heaps costs one sort per node and no
-    // merges.
-    let mut first = vec![0u32; n + 1];
-    for e in edges.iter().filter(|e| usable(e)) {
-        first[e.1 + 1] += 1;
-    }
-    for v in 0..n {
-        first[v + 1] += first[v];
-    }
-    let total = first[n] as usize;
-    let mut fill = first.clone();
-    let mut order = vec![0u32; total];
+    // Heaps are built by merging edges in input order (not from sorted lists, which would be cheaper): the heap
+    // shapes decide between equal-cost arborescences, and results must not move with the implementation.
+    let mut heap = Heap { nodes: Vec::with_capacity(edges.len()) };
+    let mut queue_of = vec![NIL; n];
     for (index, e) in edges.iter().enumerate() {
         if usable(e) {
-            order[fill[e.1] as usize] = index as u32;
-            fill[e.1] += 1;
+            heap.nodes.push(HeapNode { edge: index as u32, key: e.2, delta: 0.0, left: NIL, right: NIL, rank: 1 });
+            let node = (heap.nodes.len() - 1) as u32;
+            queue_of[e.1] = heap.merge(queue_of[e.1], node);
         }
-    }
-    let mut heap = Heap { nodes: Vec::with_capacity(total) };
-    let mut queue_of = vec![NIL; n];
-    for v in 0..n {
-        let (lo, hi) = (first[v] as usize, first[v + 1] as usize);
-        if lo == hi {
-            continue;
-        }
-        let slice = &mut order[lo..hi];
-        slice.sort_unstable_by(|&x, &y| edges[x as usize].2.total_cmp(&edges[y as usize].2).then(x.cmp(&y)));
-        for (j, &index) in slice.iter().enumerate() {
-            let left = if lo + j + 1 < hi { (lo + j + 1) as u32 } else { NIL };
-            heap.nodes.push(HeapNode { edge: index, key: edges[index as usize].2, delta: 0.0, left, right: NIL, rank: 1 });
-        }
-        queue_of[v] = lo as u32;
     }
 
     let mut uf = RollbackUnionFind::new(n);

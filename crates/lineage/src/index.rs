@@ -40,7 +40,7 @@ pub const DENSE_LIMIT: usize = 300;
 /// Length of the screening vector. Its squared distance estimates `2·(1 − mean sketch cosine)` with a relative
 /// error near `√(2/(SCREEN_DIM·slots))`, enough to keep parents, children and siblings among the nearest.
 pub const SCREEN_DIM: usize = 64;
-/// Screened nearest neighbours per model in a large group: above the solver's 24 candidate parents, so the
+/// Screened nearest neighbours per model in a large group: above the solver's 12 candidate parents, so the
 /// screen's error rarely hides one of them.
 pub const SCREEN_NEIGHBOURS: usize = 32;
 
@@ -116,6 +116,9 @@ pub(crate) struct Node<'a> {
     rknn: BTreeSet<usize>,
     /// Candidate partners in the group with their exact comparison.
     pub cands: BTreeMap<usize, PairSummary>,
+    /// The related ones among them as `(node, distance)`, by node: what the solvers read, kept as a flat list
+    /// because a family solve walks every member's list.
+    pub related: Vec<(usize, f64)>,
     /// Family links (related candidate pairs and fixed parents), with multiplicity.
     links: BTreeMap<usize, u32>,
     pub effective_rank: OnceCell<f64>,
@@ -312,15 +315,12 @@ impl<'a> Index<'a> {
         }
         let mut families = Vec::new();
         for root in roots {
-            let prof = std::env::var_os("MT_PROF").is_some();
-            let t = std::time::Instant::now();
             let mut members = self.members.get(&root).cloned().unwrap_or_default();
             members.sort_by(|&a, &b| self.node(a).id.cmp(&self.node(b).id));
             // Kept sorted: after an add the next sort meets one sorted run plus a few newcomers.
             if let Some(kept) = self.members.get_mut(&root) {
                 kept.clone_from(&members);
             }
-            if prof { eprintln!(" members sort {:.2} ms", t.elapsed().as_secs_f64() * 1e3); }
             let mut edges = match self.options.method {
                 Method::Default => crate::solve::solve_family(self, &members),
                 Method::Mother => crate::mother::solve_family(self, &members),
@@ -336,7 +336,6 @@ impl<'a> Index<'a> {
             }
             let ids = members.iter().map(|&m| self.node(m).id.to_string()).collect();
             families.push(FamilySolution { members: ids, edges });
-            if prof { eprintln!(" family total {:.2} ms", t.elapsed().as_secs_f64() * 1e3); }
         }
         families.sort_by(|a, b| a.members.cmp(&b.members));
         let mut removed = std::mem::take(&mut self.removed);
@@ -528,6 +527,7 @@ impl<'a> Index<'a> {
             knn: Vec::new(),
             rknn: BTreeSet::new(),
             cands: BTreeMap::new(),
+            related: Vec::new(),
             links: BTreeMap::new(),
             effective_rank: OnceCell::new(),
             bits_in_use: OnceCell::new(),
@@ -927,6 +927,13 @@ impl<'a> Index<'a> {
                 let summary = self.compare(g, a, b);
                 self.node_mut(a).cands.insert(b, summary);
                 self.node_mut(b).cands.insert(a, summary);
+                if summary.related {
+                    for (x, y) in [(a, b), (b, a)] {
+                        let related = &mut self.node_mut(x).related;
+                        let pos = related.partition_point(|e| e.0 < y);
+                        related.insert(pos, (y, summary.distance));
+                    }
+                }
                 // Unrelated candidate pairs never reach the solver: only a new relation touches the family.
                 if summary.related {
                     self.link(a, b, change);
@@ -940,6 +947,11 @@ impl<'a> Index<'a> {
     fn drop_pair(&mut self, a: usize, b: usize, change: &mut Change) {
         let Some(summary) = self.node_mut(a).cands.remove(&b) else { return };
         self.node_mut(b).cands.remove(&a);
+        if summary.related {
+            for (x, y) in [(a, b), (b, a)] {
+                self.node_mut(x).related.retain(|e| e.0 != y);
+            }
+        }
         if summary.related {
             self.unlink(a, b, change);
             self.dirty.insert(a);

@@ -238,7 +238,7 @@ pub struct Options {
     /// is O(n²·tensors), affordable there and exact.
     pub dense_limit: usize,
     /// Screened nearest neighbours per model in a large group. Default [`SCREEN_NEIGHBOURS`] (32), above the
-    /// 24 candidate parents the solver keeps per model.
+    /// 12 candidate parents the solver keeps per model.
     pub screen_neighbours: usize,
 }
 

@@ -29,7 +29,9 @@ use crate::{Edge, EdgeSource, Options, Relation};
 
 /// Above this many models a family's arborescence only gets each model's nearest related candidates.
 const SPARSE_ABOVE: usize = 300;
-/// Candidate parents per model in large families.
+/// Candidate parents per model in large families. 12 rather than 24 halves the arborescence's edges (and the
+/// incremental re-solve of a 10,000-model family); on the synthetic 10,000-model bench edge accuracy went from
+/// 0.995 to 0.996, and families up to `SPARSE_ABOVE` (every zoo) keep all their related pairs.
 const NEAREST: usize = 12;
 /// Merge parents are searched among this many nearest relatives of the child.
 const MERGE_CANDIDATES: usize = 12;
@@ -60,12 +62,7 @@ pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Edge> {
     }
     for (g, models) in unplaced_full_by_group(ix, members) {
         if models.len() >= 2 {
-            let t = std::time::Instant::now();
-            let s = Subset::new(ix, g, models);
-            if std::env::var_os("MT_PROF").is_some() {
-                eprintln!("  subset new: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
-            }
-            s.solve(&mut edges);
+            Subset::new(ix, g, models).solve(&mut edges);
         }
     }
     edges
@@ -160,12 +157,11 @@ impl<'a, 'm> Subset<'a, 'm> {
         adj_start.push(0);
         for &m in &model {
             let from = adj_list.len();
-            for (&b, summary) in &ix.node(m).cands {
-                if summary.related
-                    && let Some(&lb) = local.get(b)
+            for &(b, distance) in &ix.node(m).related {
+                if let Some(&lb) = local.get(b)
                     && lb != u32::MAX
                 {
-                    adj_list.push((lb as usize, summary.distance));
+                    adj_list.push((lb as usize, distance));
                 }
             }
             adj_list[from..].sort_unstable_by_key(|e| e.0);
@@ -247,14 +243,6 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     fn solve(mut self, edges: &mut Vec<Edge>) {
-        let prof = std::env::var_os("MT_PROF").is_some();
-        let mut t0 = std::time::Instant::now();
-        let mut span = |name: &str| {
-            if prof {
-                eprintln!("  {name}: {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
-            }
-            t0 = std::time::Instant::now();
-        };
         let n = self.n();
         let mut active = vec![true; n];
 
@@ -273,7 +261,6 @@ impl<'a, 'm> Subset<'a, 'm> {
             ));
         }
 
-        span("dups");
         // 2. Quantized children of a non-quantised relative.
         let plain: Vec<usize> = (0..n).filter(|&a| !self.quantized(a)).collect();
         if !plain.is_empty() {
@@ -296,7 +283,6 @@ impl<'a, 'm> Subset<'a, 'm> {
         // 3. Merges among the remaining models.
         let nodes: Vec<usize> = (0..n).filter(|&a| active[a]).collect();
         let features = self.direction_features(&nodes);
-        span("quant+features");
         let found: Vec<Option<Merge>> = (0..n).map(|v| if active[v] { self.merge(v, &active) } else { None }).collect();
         let merges = self.resolve_merges(found, &features);
         for m in merges.iter().flatten() {
@@ -305,10 +291,8 @@ impl<'a, 'm> Subset<'a, 'm> {
             }
         }
 
-        span("merges");
         // 4. Arborescence.
         let mut candidates = self.candidate_edges(&nodes, &active, &features, &merges);
-        span("candidates");
         let root = n;
         let mut repairs = 0;
         let parents = loop {
@@ -330,7 +314,6 @@ impl<'a, 'm> Subset<'a, 'm> {
             }
         };
 
-        span("edmonds");
         let tau = root_cost(&candidates, self.scale);
         let incoming = Incoming::new(n, &candidates);
         for &v in &nodes {
@@ -352,7 +335,6 @@ impl<'a, 'm> Subset<'a, 'm> {
             let confidence = self.confidence(parent, v, &incoming, tau);
             edges.push(edge(self.ix, self.model[parent], self.model[v], relation, confidence, self.source(parent, v)));
         }
-        span("confidence+edges");
     }
 
     /// `(child, parent, exact)` for every non-representative duplicate.
@@ -497,8 +479,7 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// relative clearly. The parents are the two regressors with the largest coefficients (the base's
     /// coefficient `1 − λ₁ − λ₂` is the smallest in every recipe we know).
     fn merge(&self, v: usize, active: &[bool]) -> Option<Merge> {
-        let near: Vec<usize> =
-            self.near(v).iter().map(|e| e.0).filter(|&u| active[u]).take(MERGE_CANDIDATES).collect();
+        let near: Vec<usize> = self.near(v).iter().map(|e| e.0).filter(|&u| active[u]).take(MERGE_CANDIDATES).collect();
         if near.len() < 2 || self.group.slots.is_empty() {
             return None;
         }

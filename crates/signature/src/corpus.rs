@@ -416,19 +416,36 @@ pub(crate) fn pack_int4(
     module: &'static str,
     format: crate::packed::PackedFormat,
     gptq_v1: bool,
+    dims: (usize, usize, usize),
+    g_idx: &[u32],
+    seed: u64,
+) -> PackedModule {
+    pack(module, format, 4, gptq_v1, dims, g_idx, seed)
+}
+
+/// [`pack_int4`] for any width the format has: GPTQ packs `32 / bits` values of `bits` bits per word (AutoGPTQ's
+/// `QuantLinear.pack` for 2, 4 and 8 bits), AWQ only 4.
+pub(crate) fn pack(
+    module: &'static str,
+    format: crate::packed::PackedFormat,
+    bits: usize,
+    gptq_v1: bool,
     (out, inp, groups): (usize, usize, usize),
     g_idx: &[u32],
     seed: u64,
 ) -> PackedModule {
     use crate::model::Dtype;
     use crate::packed::{AWQ_ORDER, PackedFormat};
+    assert!(format == PackedFormat::Gptq || bits == 4, "AWQ packs 4 bits");
+    let (levels, per) = (1u64 << bits, 32 / bits);
     let name = |suffix: &str| -> &'static str { Box::leak(format!("{module}.{suffix}").into_boxed_str()) };
     let h = |i: u64, salt: u64| crate::hashing::stream(seed ^ salt, i);
-    let q: Vec<u32> = (0..(out * inp) as u64).map(|i| (h(i, 1) % 16) as u32).collect();
-    // The v1 format stores z − 1 in a nibble, so it holds zero points 1..=16 (AutoGPTQ's 0 wraps to 16).
+    let q: Vec<u32> = (0..(out * inp) as u64).map(|i| (h(i, 1) % levels) as u32).collect();
+    // The v1 format stores z − 1, so it holds zero points 1..=2^bits (AutoGPTQ's 0 wraps to 2^bits).
     let gptq_v1 = gptq_v1 && format == PackedFormat::Gptq;
-    let z: Vec<u32> =
-        (0..(groups * out) as u64).map(|i| if gptq_v1 { 1 + (h(i, 2) % 16) } else { h(i, 2) % 16 } as u32).collect();
+    let z: Vec<u32> = (0..(groups * out) as u64)
+        .map(|i| if gptq_v1 { 1 + (h(i, 2) % levels) } else { h(i, 2) % levels } as u32)
+        .collect();
     let s: Vec<half::f16> =
         (0..(groups * out) as u64).map(|i| half::f16::from_f32(0.001 + (h(i, 3) % 1000) as f32 * 1e-5)).collect();
     let weight = (0..out * inp)
@@ -442,21 +459,22 @@ pub(crate) fn pack_int4(
     let mut tensors = Vec::new();
     match format {
         PackedFormat::Gptq => {
-            let mut qweight = vec![0u32; inp / 8 * out];
-            for r in 0..inp / 8 {
+            let mask = (levels - 1) as u32;
+            let mut qweight = vec![0u32; inp / per * out];
+            for r in 0..inp / per {
                 for o in 0..out {
-                    for j in 0..8 {
-                        qweight[r * out + o] |= q[o * inp + 8 * r + j] << (4 * j);
+                    for j in 0..per {
+                        qweight[r * out + o] |= q[o * inp + per * r + j] << (bits * j);
                     }
                 }
             }
-            let mut qzeros = vec![0u32; groups * out / 8];
+            let mut qzeros = vec![0u32; groups * out / per];
             for g in 0..groups {
-                for c in 0..out / 8 {
-                    for j in 0..8 {
-                        let stored =
-                            if gptq_v1 { z[g * out + 8 * c + j].wrapping_sub(1) & 0xF } else { z[g * out + 8 * c + j] };
-                        qzeros[g * out / 8 + c] |= stored << (4 * j);
+                for c in 0..out / per {
+                    for j in 0..per {
+                        let z = z[g * out + per * c + j];
+                        let stored = if gptq_v1 { z.wrapping_sub(1) & mask } else { z };
+                        qzeros[g * out / per + c] |= stored << (bits * j);
                     }
                 }
             }
@@ -469,13 +487,13 @@ pub(crate) fn pack_int4(
             tensors.push(Tensor {
                 name: name("qweight"),
                 dtype: Dtype::I32,
-                shape: vec![(inp / 8) as u64, out as u64],
+                shape: vec![(inp / per) as u64, out as u64],
                 bytes: words(qweight),
             });
             tensors.push(Tensor {
                 name: name("qzeros"),
                 dtype: Dtype::I32,
-                shape: vec![groups as u64, (out / 8) as u64],
+                shape: vec![groups as u64, (out / per) as u64],
                 bytes: words(qzeros),
             });
         }
@@ -621,7 +639,7 @@ pub(crate) fn packed_cases() -> Vec<PackedCase> {
             g,
             E::Zeros { qzeros: vec![4, 3], groups: 4, out: 34 },
         ),
-        c("8-bit gptq", (I32, &[16, 32]), (I32, &[4, 8]), (F16, &[4, 32]), g, E::Bits { bits: 8 }),
+        c("3-bit gptq", (I32, &[12, 32]), (I32, &[4, 3]), (F16, &[4, 32]), g, E::Bits { bits: 3 }),
         c("2-bit awq", (I32, &[64, 2]), (I32, &[4, 2]), (F16, &[4, 32]), None, E::Bits { bits: 2 }),
         c(
             "qweight fits no layout",

@@ -20,7 +20,7 @@
 //!
 //! Which layout a module uses follows from the shapes alone (`qweight` has as many columns as `scales`, or an
 //! eighth of them), so [`packed_layout`] needs only the headers; it checks every shape against the others and
-//! refuses anything but 4 bits. [`packed_signature`] then signs the dequantised `[out, in]` matrix exactly as a
+//! refuses widths other than 2, 4 and 8 bits (4 only for AWQ). [`packed_signature`] then signs the dequantised `[out, in]` matrix exactly as a
 //! stored float tensor of that name and shape is signed (same sketch, same samples, same row blocks), with source
 //! [`ValueSource::Dequantized`]. Packed words interleave output rows (GPTQ) or input columns (AWQ), so a row of
 //! `W` is spread over the whole `qweight`: the packed tensors are always read whole (they are an eighth of the
@@ -41,11 +41,12 @@ pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// `AWQ_REVERSE_ORDER[j]`.
 pub const AWQ_REVERSE_ORDER: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
 
-/// Bits per packed value; the only width dequantised.
+/// Bits per packed value of AWQ checkpoints, and the usual GPTQ width.
 pub const BITS: u64 = 4;
 
-/// Values per 32-bit word.
-const PER_WORD: u64 = 32 / BITS;
+/// GPTQ widths dequantised: those that pack whole values into 32-bit words (3-bit GPTQ packs values across
+/// words and is refused).
+pub const GPTQ_BITS: [u64; 3] = [2, 4, 8];
 
 /// Most elements of `W` formed at once before they are fed to the sketcher: 1 Mi f32 (4 MiB).
 const BATCH_ELEMENTS: u64 = 1 << 20;
@@ -90,6 +91,8 @@ pub struct PackedLayout {
     pub inputs: u64,
     /// Quantisation groups: rows of `scales` and `qzeros`.
     pub groups: u64,
+    /// Bits per packed value: 4 for AWQ; 2, 4 or 8 for GPTQ.
+    pub bits: u64,
 }
 
 impl PackedLayout {
@@ -97,9 +100,14 @@ impl PackedLayout {
     pub fn shape(&self) -> [u64; 2] {
         [self.out, self.inputs]
     }
+
+    /// Values per 32-bit word.
+    fn per_word(&self) -> u64 {
+        32 / self.bits
+    }
 }
 
-/// Why a module's packed tensors cannot be dequantised as 4-bit GPTQ or AWQ.
+/// Why a module's packed tensors cannot be dequantised as GPTQ (2, 4 or 8 bits) or AWQ (4 bits).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PackedError {
     #[error("{tensor} has dtype {dtype}, not {expected}")]
@@ -108,7 +116,7 @@ pub enum PackedError {
     Shape { tensor: &'static str, shape: Vec<u64>, expected: &'static str },
     #[error("qzeros of shape {qzeros:?} do not hold {groups} groups of {out} packed outputs")]
     Zeros { qzeros: Vec<u64>, groups: u64, out: u64 },
-    #[error("{bits}-bit values are not dequantised (only 4-bit ones are)")]
+    #[error("{bits}-bit values are not dequantised (GPTQ: 2, 4 or 8 bits; AWQ: 4)")]
     Bits { bits: u64 },
     #[error(
         "qweight of shape {qweight:?} fits neither the gptq [in/8, out] nor the awq [in, out/8] layout of scales {scales:?}"
@@ -184,13 +192,19 @@ pub fn packed_layout(t: PackedTensors<Declared<'_>>) -> Result<PackedLayout, Pac
     if z_rows != groups || !packed_bits.is_multiple_of(out) {
         return Err(zeros());
     }
-    if packed_bits / out != BITS {
-        return Err(PackedError::Bits { bits: packed_bits / out });
+    let bits = packed_bits / out;
+    if !GPTQ_BITS.contains(&bits) {
+        return Err(PackedError::Bits { bits });
     }
+    let per_word = 32 / bits;
     let layout = || PackedError::Layout { qweight: t.qweight.shape.to_vec(), scales: t.scales.shape.to_vec() };
     let (format, inputs) = if qw_cols == out {
-        (PackedFormat::Gptq, qw_rows.checked_mul(PER_WORD).ok_or_else(layout)?)
-    } else if qw_cols.checked_mul(PER_WORD) == Some(out) {
+        (PackedFormat::Gptq, qw_rows.checked_mul(per_word).ok_or_else(layout)?)
+    } else if qw_cols.checked_mul(per_word) == Some(out) {
+        // AutoAWQ's GEMM layout exists only for 4 bits.
+        if bits != BITS {
+            return Err(PackedError::Bits { bits });
+        }
         (PackedFormat::Awq, qw_rows)
     } else {
         return Err(layout());
@@ -208,7 +222,7 @@ pub fn packed_layout(t: PackedTensors<Declared<'_>>) -> Result<PackedLayout, Pac
     if groups > inputs || (!g_idx && !inputs.is_multiple_of(groups)) {
         return Err(PackedError::Groups { groups, inputs });
     }
-    Ok(PackedLayout { format, out, inputs, groups })
+    Ok(PackedLayout { format, out, inputs, groups, bits })
 }
 
 /// The packed tensors' bytes, unpacked into words and floats once.
@@ -233,12 +247,13 @@ fn words(t: TensorBytes<'_>, count: u64) -> Result<Vec<u32>, TensorError> {
 }
 
 fn unpack(layout: &PackedLayout, t: PackedTensors<TensorBytes<'_>>) -> Result<Unpacked, TensorError> {
-    let PackedLayout { format, out, inputs, groups } = *layout;
+    let PackedLayout { format, out, inputs, groups, .. } = *layout;
+    let per_word = layout.per_word();
     let overflow = |shape: Vec<u64>| TensorError::ShapeOverflow { shape };
     let numel = inputs.checked_mul(out).ok_or_else(|| overflow(vec![out, inputs]))?;
     let n_scales = groups.checked_mul(out).ok_or_else(|| overflow(vec![groups, out]))?;
-    let qweight = words(t.qweight, numel / PER_WORD)?;
-    let qzeros = words(t.qzeros, n_scales / PER_WORD)?;
+    let qweight = words(t.qweight, numel / per_word)?;
+    let qzeros = words(t.qzeros, n_scales / per_word)?;
     let n_scales = usize::try_from(n_scales).map_err(|_| overflow(vec![groups, out]))?;
     let mut scales = vec![0f32; n_scales];
     decode_f32(t.scales.dtype, t.scales.bytes, &mut scales)?;
@@ -267,8 +282,11 @@ fn dequantize_rows(
     let (first, n) = (rows.start as usize, (rows.end - rows.start) as usize);
     buf.clear();
     buf.resize(n * inputs, 0.0);
-    let words_per_row = out / PER_WORD as usize;
-    let nibble = |w: u32, k: usize| (w >> (4 * k)) & 0xF;
+    let per_word = layout.per_word() as usize;
+    let words_per_row = out / per_word;
+    let bits = layout.bits as usize;
+    let mask = (1u32 << bits) - 1;
+    let nibble = |w: u32, k: usize| (w >> (bits * k)) & mask;
     // Zero points per (group, output) are read from their word on the fly; the +1 of the v1 format is applied to
     // the masked nibble, as AutoGPTQ's reference dequantisation does.
     let zero_bias = match (layout.format, gptq) {
@@ -280,8 +298,8 @@ fn dequantize_rows(
         for (r, o) in (first..first + n).enumerate() {
             let (q, z) = match layout.format {
                 PackedFormat::Gptq => {
-                    let w = u.qweight[(i / 8) * out + o];
-                    (nibble(w, i % 8), nibble(u.qzeros[g * words_per_row + o / 8], o % 8))
+                    let w = u.qweight[(i / per_word) * out + o];
+                    (nibble(w, i % per_word), nibble(u.qzeros[g * words_per_row + o / per_word], o % per_word))
                 }
                 PackedFormat::Awq => {
                     let k = AWQ_REVERSE_ORDER[o % 8];
@@ -369,7 +387,7 @@ pub fn packed_signature(
 mod tests {
     use super::*;
     use crate::accumulate::TensorAccumulator;
-    use crate::corpus::{PackedModule, Tensor, f32_bytes, pack_int4, packed_cases};
+    use crate::corpus::{PackedModule, Tensor, f32_bytes, pack, pack_int4, packed_cases};
 
     fn by_suffix<'a>(m: &'a PackedModule, suffix: &str) -> Option<&'a Tensor<'static>> {
         m.tensors.iter().find(|t| t.name.ends_with(suffix))
@@ -411,7 +429,10 @@ mod tests {
     fn check(format: PackedFormat, gptq: GptqFormat, (out, inp, groups): (usize, usize, usize), g_idx: &[u32]) {
         let m = pack_int4("m", format, gptq == GptqFormat::V1, (out, inp, groups), g_idx, 7);
         let layout = layout_of(&m).expect("a valid layout");
-        assert_eq!(layout, PackedLayout { format, out: out as u64, inputs: inp as u64, groups: groups as u64 });
+        assert_eq!(
+            layout,
+            PackedLayout { format, out: out as u64, inputs: inp as u64, groups: groups as u64, bits: 4 }
+        );
         let w = dequantize(&layout, gptq, parts(&m)).expect("dequantises");
         assert_eq!(w.len(), out * inp);
         for (k, (got, expected)) in w.iter().zip(&m.weight).enumerate() {
@@ -429,6 +450,18 @@ mod tests {
             check(PackedFormat::Gptq, gptq, (16, 72, 3), &act_order);
         }
         check(PackedFormat::Awq, GptqFormat::V1, (48, 32, 2), &contiguous(32, 16));
+        // 2- and 8-bit GPTQ: 16 and 4 values per word.
+        for bits in [2, 8] {
+            for gptq in [GptqFormat::V1, GptqFormat::V2] {
+                let m =
+                    pack("m", PackedFormat::Gptq, bits, gptq == GptqFormat::V1, (32, 64, 4), &contiguous(64, 16), 9);
+                let layout = layout_of(&m).expect("a valid layout");
+                assert_eq!((layout.bits, layout.inputs, layout.out), (bits as u64, 64, 32));
+                let w = dequantize(&layout, gptq, parts(&m)).expect("dequantises");
+                let same = w.iter().zip(&m.weight).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{bits}-bit {gptq:?}");
+            }
+        }
         check(PackedFormat::Awq, GptqFormat::V2, (8, 128, 1), &contiguous(128, 128));
     }
 
@@ -436,7 +469,7 @@ mod tests {
     fn gptq_v1_reads_a_stored_fifteen_as_zero_point_sixteen() {
         // AutoGPTQ adds 1 to the masked nibble: a true zero point of 0 (stored −1 → 15) reads back as 16.
         let word = |n: u32| (0..8).fold(0u32, |w, j| w | n << (4 * j));
-        let layout = PackedLayout { format: PackedFormat::Gptq, out: 8, inputs: 8, groups: 1 };
+        let layout = PackedLayout { format: PackedFormat::Gptq, out: 8, inputs: 8, groups: 1, bits: 4 };
         let qweight: Vec<u8> = (0..8).flat_map(|_| word(3).to_le_bytes()).collect();
         let qzeros = word(15).to_le_bytes();
         let scales: Vec<u8> = (0..8).flat_map(|_| half::f16::from_f32(0.5).to_le_bytes()).collect();

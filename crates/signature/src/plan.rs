@@ -207,7 +207,7 @@ mod tests {
         ];
         let jobs = plan(&[&gptq, &awq], true).expect("a valid model");
         let packed: Vec<&Job> = jobs.iter().filter(|j| matches!(j, Job::Packed { .. })).collect();
-        let layout = |format, inputs| PackedLayout { format, out: 32, inputs, groups: 4 };
+        let layout = |format, inputs| PackedLayout { format, out: 32, inputs, groups: 4, bits: 4 };
         assert_eq!(
             packed,
             [
@@ -231,14 +231,15 @@ mod tests {
             plan(&[&gptq, &taken], true),
             Err(PlanError::DuplicateTensor { name: "q.weight".into(), first: 1, second: 0 })
         );
+        // 3-bit GPTQ packs values across words: refused.
         let bad = [
-            t("q.qweight", Dtype::I32, &[8, 32]),
-            t("q.qzeros", Dtype::I32, &[4, 8]),
+            t("q.qweight", Dtype::I32, &[6, 32]),
+            t("q.qzeros", Dtype::I32, &[4, 3]),
             t("q.scales", Dtype::F16, &[4, 32]),
         ];
         assert_eq!(
             plan(&[&bad], true),
-            Err(PlanError::Packed { module: "q".into(), source: crate::packed::PackedError::Bits { bits: 8 } })
+            Err(PlanError::Packed { module: "q".into(), source: crate::packed::PackedError::Bits { bits: 3 } })
         );
     }
 
