@@ -8,18 +8,12 @@ use std::{
     process::Command,
 };
 
+mod common;
+
+use common::{modeltree, zoo};
+
 /// `audit --fail-on` exits with this when a finding reaches the threshold.
 const AUDIT_FAILED: i32 = 3;
-
-fn zoo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
-}
-
-fn modeltree(db: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
-    cmd.arg("--db").arg(db).env("MODELTREE_LOG", "error");
-    cmd
-}
 
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("modeltree runs");

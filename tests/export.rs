@@ -2,81 +2,14 @@
 //! on the models and edges, `--out` writes the same bytes as standard output, and a model whose folder name and
 //! card license are hostile markup comes back unchanged from every format that can carry it.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::BTreeSet, path::Path};
 
-fn zoo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
-}
+mod common;
 
-fn modeltree(db: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
-    cmd.arg("--db").arg(db).env("MODELTREE_LOG", "error");
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("modeltree runs");
-    assert!(out.status.success(), "{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
+use common::{copy_tree, modeltree, run_ok, zoo};
 
 fn export(db: &Path, format: &str) -> String {
     run_ok(modeltree(db).args(["export", "--format", format]))
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
-/// A strict RFC 4180 reader: quoted cells may hold anything, quotes are doubled, CRLF ends a record.
-fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let mut records = Vec::new();
-    let (mut record, mut cell, mut quoted) = (Vec::new(), String::new(), false);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    cell.push('"');
-                }
-                '"' => quoted = false,
-                c => cell.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                assert!(cell.is_empty(), "a quote inside an unquoted cell");
-                quoted = true;
-            }
-            ',' => record.push(std::mem::take(&mut cell)),
-            '\r' => {
-                assert_eq!(chars.next(), Some('\n'), "CR without LF");
-                record.push(std::mem::take(&mut cell));
-                records.push(std::mem::take(&mut record));
-            }
-            c => {
-                assert_ne!(c, '\n', "a bare LF outside quotes");
-                cell.push(c);
-            }
-        }
-    }
-    assert!(!quoted && cell.is_empty() && record.is_empty(), "the text ends inside a record");
-    records
 }
 
 /// DOT structure: strings close, braces and brackets outside strings balance. Returns the quoted strings that
@@ -150,7 +83,7 @@ fn check_all_formats(db: &Path) -> Exports {
     assert!(lines.iter().filter(|v| v["type"] == "model").all(|v| v["license_class"].is_string()));
 
     // CSV: a header, one row per edge and one per model with no parent; nine cells in every record.
-    let csv = parse_csv(&export(db, "csv"));
+    let csv = common::csv::parse_csv(&export(db, "csv"));
     assert_eq!(
         csv[0],
         [
@@ -290,7 +223,7 @@ fn hostile_ids_and_licenses_survive_every_format() {
     let node = doc.descendants().find(|n| n.attribute("id") == Some(id.as_str())).expect("node");
     let license = node.children().find(|d| d.attribute("key") == Some("license")).and_then(|d| d.text());
     assert_eq!(license, Some(hostile_license));
-    let csv = parse_csv(&export(&db, "csv"));
+    let csv = common::csv::parse_csv(&export(&db, "csv"));
     let row = csv.iter().find(|r| r[0] == id).expect("csv row");
     assert_eq!(row[5], hostile_license);
     let dot = export(&db, "dot");

@@ -3,41 +3,13 @@
 //! one, and malformed files are recorded as failures while the scan goes on.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
 mod common;
 
-fn zoo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
-}
-
-fn modeltree(db: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
-    cmd.arg("--db").arg(db).env("MODELTREE_LOG", "error");
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("modeltree runs");
-    assert!(out.status.success(), "{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-/// Copies a tree of regular files.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
+use common::{copy_tree, modeltree, run_ok, zoo};
 
 /// Everything a scan is responsible for, independent of timestamps and file modification times: per model its
 /// status and signature, plus the current edges.
