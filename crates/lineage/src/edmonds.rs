@@ -19,16 +19,62 @@ const NIL: u32 = u32::MAX;
 /// there are 2³² edges or more).
 /// When several arborescences have the same minimum cost, which one is returned depends only on the input order.
 pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) -> Option<Vec<Option<usize>>> {
+    min_arborescence_in(&mut Workspace::default(), n, root, edges)
+}
+
+/// Buffers of [`min_arborescence_in`], kept by a caller that solves again and again (a 10,000-model family's
+/// heap arena is megabytes, and allocating it afresh costs page faults on every solve).
+#[derive(Debug, Default)]
+pub struct Workspace {
+    heap: Vec<HeapNode>,
+    queue_of: Vec<u32>,
+    seen: Vec<usize>,
+    path: Vec<usize>,
+    chosen: Vec<u32>,
+    in_edge: Vec<u32>,
+    link: Vec<isize>,
+    history: Vec<(usize, isize)>,
+}
+
+/// [`min_arborescence`] with buffers reused from `workspace`; the result is the same.
+pub fn min_arborescence_in(
+    workspace: &mut Workspace,
+    n: usize,
+    root: usize,
+    edges: &[(usize, usize, f64)],
+) -> Option<Vec<Option<usize>>> {
     // Heap links and edge indices are 32-bit to halve the arena; no family comes near 4 billion edges.
     if root >= n || edges.len() >= NIL as usize {
         return None;
     }
     let usable = |&(a, b, w): &(usize, usize, f64)| a < n && b < n && a != b && b != root && w.is_finite();
+    let refill = |buffer: &mut Vec<u32>, len: usize, value: u32| {
+        buffer.clear();
+        buffer.resize(len, value);
+    };
 
     // Heaps are built by merging edges in input order (not from sorted lists, which would be cheaper): the heap
     // shapes decide between equal-cost arborescences, and results must not move with the implementation.
-    let mut heap = Heap { nodes: Vec::with_capacity(edges.len()) };
-    let mut queue_of = vec![NIL; n];
+    let mut heap = Heap { nodes: std::mem::take(&mut workspace.heap) };
+    heap.nodes.clear();
+    heap.nodes.reserve(edges.len());
+    let mut queue_of = std::mem::take(&mut workspace.queue_of);
+    refill(&mut queue_of, n, NIL);
+    let result = arborescence(&mut heap, &mut queue_of, workspace, n, root, edges, usable);
+    workspace.heap = heap.nodes;
+    workspace.queue_of = queue_of;
+    result
+}
+
+fn arborescence(
+    heap: &mut Heap,
+    queue_of: &mut [u32],
+    workspace: &mut Workspace,
+    n: usize,
+    root: usize,
+    edges: &[(usize, usize, f64)],
+    usable: impl Fn(&(usize, usize, f64)) -> bool,
+) -> Option<Vec<Option<usize>>> {
     for (index, e) in edges.iter().enumerate() {
         if usable(e) {
             heap.nodes.push(HeapNode { edge: index as u32, key: e.2, delta: 0.0, left: NIL, right: NIL, rank: 1 });
@@ -37,14 +83,48 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
         }
     }
 
-    let mut uf = RollbackUnionFind::new(n);
-    let mut seen = vec![usize::MAX; n];
+    let mut link = std::mem::take(&mut workspace.link);
+    link.clear();
+    link.resize(n, -1);
+    let mut history = std::mem::take(&mut workspace.history);
+    history.clear();
+    let mut uf = RollbackUnionFind { link, history };
+    let seen = &mut workspace.seen;
+    seen.clear();
+    seen.resize(n, usize::MAX);
     seen[root] = root;
-    let mut path = vec![0usize; n];
-    let mut chosen = vec![0u32; n];
-    let mut in_edge = vec![NIL; n];
-    // Contracted cycles in the order they were formed: (super node, union-find time, edges of the cycle).
-    let mut cycles: Vec<(usize, usize, Vec<u32>)> = Vec::new();
+    let path = &mut workspace.path;
+    path.clear();
+    path.resize(n, 0);
+    let chosen = &mut workspace.chosen;
+    chosen.clear();
+    chosen.resize(n, 0);
+    let in_edge = &mut workspace.in_edge;
+    in_edge.clear();
+    in_edge.resize(n, NIL);
+    let result = contract_and_expand(heap, queue_of, &mut uf, seen, path, chosen, in_edge, n, root, edges);
+    workspace.link = uf.link;
+    workspace.history = uf.history;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn contract_and_expand(
+    heap: &mut Heap,
+    queue_of: &mut [u32],
+    uf: &mut RollbackUnionFind,
+    seen: &mut [usize],
+    path: &mut [usize],
+    chosen: &mut [u32],
+    in_edge: &mut [u32],
+    n: usize,
+    root: usize,
+    edges: &[(usize, usize, f64)],
+) -> Option<Vec<Option<usize>>> {
+    // Contracted cycles in the order they were formed: (super node, union-find time, range of the cycle's
+    // edges in `cycle_edges`). One flat list, since a large family forms thousands of small cycles.
+    let mut cycles: Vec<(usize, usize, usize, usize)> = Vec::new();
+    let mut cycle_edges: Vec<u32> = Vec::new();
 
     for start in 0..n {
         let mut u = start;
@@ -79,7 +159,9 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
                 u = uf.find(u);
                 queue_of[u] = merged;
                 seen[u] = usize::MAX;
-                cycles.push((u, time, chosen[depth..end].to_vec()));
+                let from = cycle_edges.len();
+                cycle_edges.extend_from_slice(&chosen[depth..end]);
+                cycles.push((u, time, from, cycle_edges.len()));
             }
         }
         for &edge in &chosen[..depth] {
@@ -89,10 +171,10 @@ pub fn min_arborescence(n: usize, root: usize, edges: &[(usize, usize, f64)]) ->
 
     // Expand the contractions, newest first: the edge that enters a cycle replaces the cycle edge into the same
     // node, every other cycle edge stays.
-    for (node, time, cycle) in cycles.iter().rev() {
-        uf.rollback(*time);
-        let entering = in_edge[*node];
-        for &edge in cycle {
+    for &(node, time, from, to) in cycles.iter().rev() {
+        uf.rollback(time);
+        let entering = in_edge[node];
+        for &edge in &cycle_edges[from..to] {
             in_edge[uf.find(edges[edge as usize].1)] = edge;
         }
         if entering != NIL {
@@ -200,10 +282,6 @@ struct RollbackUnionFind {
 }
 
 impl RollbackUnionFind {
-    fn new(n: usize) -> RollbackUnionFind {
-        RollbackUnionFind { link: vec![-1; n], history: Vec::new() }
-    }
-
     fn find(&self, mut x: usize) -> usize {
         while self.link[x] >= 0 {
             x = self.link[x] as usize;

@@ -26,13 +26,14 @@ use std::sync::Arc;
 
 use signature::{ModelSignature, TensorSignature};
 
+use crate::adapter_fit;
 use crate::numeric::dot;
 use crate::prepare::{
     FixedParent, GroupKey, Kind, Slot, clean_name, group_key, is_block_weight, is_quantized, kind_of, name_tail,
     shape_compatible,
 };
 use crate::union_find::UnionFind;
-use crate::{Edge, EdgeSource, Method, ModelInput, Options, Prior, Recovery};
+use crate::{Edge, EdgeSource, Method, ModelInput, Options, Prior, Recovery, Relation};
 
 /// Groups up to this size compare every pair exactly; larger ones compare only screened candidates. 300 keeps
 /// every zoo (and most real architectures' families) on the exact path.
@@ -89,6 +90,26 @@ pub(crate) struct PairSummary {
     pub related: bool,
 }
 
+/// An edge as the solvers produce it: endpoints are node ids, so a re-solve allocates no strings until it
+/// reports (a 10,000-model family's ids and edges were a third of an incremental add).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Placed {
+    pub parent: usize,
+    pub child: usize,
+    pub relation: Relation,
+    pub confidence: f64,
+    pub source: EdgeSource,
+}
+
+/// One edge of the last solve, kept by its child.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Solved {
+    parent: usize,
+    relation: Relation,
+    confidence: f64,
+    source: EdgeSource,
+}
+
 /// One model held by the index.
 #[derive(Debug)]
 pub(crate) struct Node<'a> {
@@ -116,9 +137,13 @@ pub(crate) struct Node<'a> {
     rknn: BTreeSet<usize>,
     /// Candidate partners in the group with their exact comparison.
     pub cands: BTreeMap<usize, PairSummary>,
-    /// The related ones among them as `(node, distance)`, by node: what the solvers read, kept as a flat list
-    /// because a family solve walks every member's list.
+    /// The related ones among them as `(node, distance)`, by id: what the solvers read, kept as a flat list
+    /// because a family solve walks every member's list, and in id order because a family's local indices are.
     pub related: Vec<(usize, f64)>,
+    /// The same list by distance, ties by id: nearest relatives first, kept so that a solve sorts nothing.
+    pub near: Vec<(usize, f64)>,
+    /// Edges of the last solve with this model as child.
+    solved: Vec<Solved>,
     /// Family links (related candidate pairs and fixed parents), with multiplicity.
     links: BTreeMap<usize, u32>,
     pub effective_rank: OnceCell<f64>,
@@ -189,8 +214,22 @@ pub struct Index<'a> {
     members: HashMap<usize, Vec<usize>>,
     dirty: BTreeSet<usize>,
     removed: Vec<String>,
-    /// Edges of the last solve, by child.
-    solution: HashMap<usize, Vec<Edge>>,
+    /// Ids of models removed since the last solve, for edges of the last solve that still name them as parent.
+    gone: HashMap<usize, String, FastHash>,
+    /// Buffers reused from one family solve to the next (large ones: a fresh allocation costs page faults).
+    pub(crate) scratch: RefCell<Scratch>,
+}
+
+/// Work buffers of a family solve, kept between solves.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// Node id → local index (or rank), `u32::MAX` elsewhere; all `u32::MAX` between uses.
+    pub local: Vec<u32>,
+    pub adj_start: Vec<usize>,
+    pub adj_list: Vec<(usize, f64)>,
+    pub near_list: Vec<(usize, f64)>,
+    pub candidates: Vec<(usize, usize, f64)>,
+    pub arborescence: crate::edmonds::Workspace,
 }
 
 /// Hashing for the caches keyed by node ids: small integers we assign ourselves, so no flooding concern,
@@ -255,7 +294,8 @@ impl<'a> Index<'a> {
             members: HashMap::new(),
             dirty: BTreeSet::new(),
             removed: Vec::new(),
-            solution: HashMap::new(),
+            gone: HashMap::default(),
+            scratch: RefCell::new(Scratch::default()),
         }
     }
 
@@ -321,22 +361,55 @@ impl<'a> Index<'a> {
             if let Some(kept) = self.members.get_mut(&root) {
                 kept.clone_from(&members);
             }
-            let mut edges = match self.options.method {
+            let mut placed = match self.options.method {
                 Method::Default => crate::solve::solve_family(self, &members),
                 Method::Mother => crate::mother::solve_family(self, &members),
             };
-            edges.sort_by(|a, b| (&a.child, &a.parent).cmp(&(&b.child, &b.parent)));
-            for &m in &members {
-                self.solution.remove(&m);
+            // Sorted by (child id, parent id) through the members' ranks in id order: integer comparisons.
+            let mut rank = std::mem::take(&mut self.scratch.borrow_mut().local);
+            if rank.len() < self.nodes.len() {
+                rank.resize(self.nodes.len(), u32::MAX);
             }
-            for e in &edges {
-                if let Some(&child) = self.by_id.get(&e.child) {
-                    self.solution.entry(child).or_default().push(e.clone());
+            for (r, &m) in members.iter().enumerate() {
+                rank[m] = r as u32;
+            }
+            placed.sort_by(|a, b| {
+                let by_rank = |x: usize, y: usize| match (rank.get(x), rank.get(y)) {
+                    (Some(&rx), Some(&ry)) if rx != u32::MAX && ry != u32::MAX => rx.cmp(&ry),
+                    _ => self.id_of(x).cmp(self.id_of(y)),
+                };
+                by_rank(a.child, b.child).then_with(|| by_rank(a.parent, b.parent))
+            });
+            for &m in &members {
+                rank[m] = u32::MAX;
+            }
+            self.scratch.borrow_mut().local = rank;
+            for &m in &members {
+                self.node_mut(m).solved.clear();
+            }
+            for p in &placed {
+                // Children are members, so live (a hash of every child's id here cost more than the check).
+                if self.node_opt(p.child).is_some() {
+                    let solved =
+                        Solved { parent: p.parent, relation: p.relation, confidence: p.confidence, source: p.source };
+                    self.node_mut(p.child).solved.push(solved);
                 }
             }
             let ids = members.iter().map(|&m| self.node(m).id.to_string()).collect();
+            let edges = placed
+                .iter()
+                .map(|p| Edge {
+                    parent: self.id_of(p.parent).to_owned(),
+                    child: self.id_of(p.child).to_owned(),
+                    relation: p.relation,
+                    confidence: p.confidence,
+                    source: p.source,
+                })
+                .collect();
             families.push(FamilySolution { members: ids, edges });
         }
+        // Every family that held a removed model has been re-solved: no kept edge names one any more.
+        self.gone.clear();
         families.sort_by(|a, b| a.members.cmp(&b.members));
         let mut removed = std::mem::take(&mut self.removed);
         removed.retain(|id| !self.by_id.contains_key(id));
@@ -359,7 +432,23 @@ impl<'a> Index<'a> {
     /// All edges of the last solves, sorted by (child, parent). Stale for families touched since (see
     /// [`Index::is_solved`]).
     pub fn edges(&self) -> Vec<Edge> {
-        let mut edges: Vec<Edge> = self.solution.values().flatten().cloned().collect();
+        let mut edges: Vec<Edge> = Vec::new();
+        for node in self.nodes.iter().flatten() {
+            for s in &node.solved {
+                let Some(parent) =
+                    self.node_opt(s.parent).map(|p| p.id.as_ref()).or(self.gone.get(&s.parent).map(String::as_str))
+                else {
+                    continue;
+                };
+                edges.push(Edge {
+                    parent: parent.to_owned(),
+                    child: node.id.to_string(),
+                    relation: s.relation,
+                    confidence: s.confidence,
+                    source: s.source,
+                });
+            }
+        }
         edges.sort_by(|a, b| (&a.child, &a.parent).cmp(&(&b.child, &b.parent)));
         edges
     }
@@ -399,6 +488,14 @@ impl<'a> Index<'a> {
 
     pub(crate) fn node(&self, x: usize) -> &Node<'a> {
         self.node_opt(x).expect("node ids handed to the solver are live")
+    }
+
+    /// The id of a live node, or of one removed since the last solve.
+    fn id_of(&self, x: usize) -> &str {
+        match self.node_opt(x) {
+            Some(n) => &n.id,
+            None => self.gone.get(&x).map_or("", String::as_str),
+        }
     }
 
     fn node_opt(&self, x: usize) -> Option<&Node<'a>> {
@@ -528,6 +625,8 @@ impl<'a> Index<'a> {
             rknn: BTreeSet::new(),
             cands: BTreeMap::new(),
             related: Vec::new(),
+            near: Vec::new(),
+            solved: Vec::new(),
             links: BTreeMap::new(),
             effective_rank: OnceCell::new(),
             bits_in_use: OnceCell::new(),
@@ -720,7 +819,7 @@ impl<'a> Index<'a> {
         }
         change.suspects.insert(x);
         self.dirty.remove(&x);
-        self.solution.remove(&x);
+        self.gone.insert(x, id.clone());
         self.removed.push(id);
         self.gram.borrow_mut().retain(|&(a, b), _| a != x && b != x);
         self.low_rank.borrow_mut().retain(|&(a, b), _| a != x && b != x);
@@ -841,15 +940,12 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// An adapter's parent: its declared base when the shapes fit (a metadata edge the shapes confirm), else the
-    /// earliest-created shape-compatible full, non-quantised model (a weak guess from shapes alone).
+    /// An adapter's parent. First the weights: a shape-compatible model `P` such that another indexed model is `P`
+    /// with this adapter merged in ([`adapter_fit`]); that overrides the card. Else its declared base when the
+    /// shapes fit (a metadata edge the shapes confirm), else the earliest-created shape-compatible full,
+    /// non-quantised model (a weak guess from shapes alone).
     fn adapter_parent(&self, i: usize) -> Option<FixedParent> {
         let adapter = self.node(i);
-        if let Some(&parent) = adapter.declared.iter().find(|&&p| {
-            self.node(p).kind != Kind::Adapter && shape_compatible(&adapter.signature, &self.node(p).signature)
-        }) {
-            return Some(FixedParent { parent, source: EdgeSource::Metadata, confidence: 0.9 });
-        }
         let mut candidates: Vec<usize> = self
             .by_id
             .values()
@@ -859,6 +955,16 @@ impl<'a> Index<'a> {
                 p != i && n.kind == Kind::Full && !n.quantized && shape_compatible(&adapter.signature, &n.signature)
             })
             .collect();
+        let declared_fit = |p: usize| {
+            self.node(p).kind != Kind::Adapter && shape_compatible(&adapter.signature, &self.node(p).signature)
+        };
+        if let Some((parent, residual)) = self.merged_upload_base(i, &candidates) {
+            let source = if adapter.declared.contains(&parent) { EdgeSource::Both } else { EdgeSource::Weights };
+            return Some(FixedParent { parent, source, confidence: (1.0 - residual).clamp(0.5, 0.99) });
+        }
+        if let Some(&parent) = adapter.declared.iter().find(|&&p| declared_fit(p)) {
+            return Some(FixedParent { parent, source: EdgeSource::Metadata, confidence: 0.9 });
+        }
         candidates.sort_by(|&a, &b| {
             let key = |p: usize| (self.node(p).prior.created_at.unwrap_or(i64::MAX), self.node(p).id.as_ref());
             key(a).cmp(&key(b))
@@ -867,6 +973,41 @@ impl<'a> Index<'a> {
         // With one candidate the shapes decide; with several this is a guess.
         let confidence = if candidates.len() == 1 { 0.6 } else { 0.1 };
         Some(FixedParent { parent, source: EdgeSource::Weights, confidence })
+    }
+
+    /// The base `P` among `candidates` (shape-compatible full models) for which some other candidate `M` is `P` with
+    /// adapter `i` merged in, with the smallest residual under [`adapter_fit::MERGED_FIT`]; ties go to the first by
+    /// id. Every pair is tried (a quick pass on a few sketch entries first) when the candidates are at most
+    /// `dense_limit`; above that only declared bases are tried as `P`. A function of the model set alone, so the
+    /// incremental and batch results agree; any full model added or removed re-fixes the adapters it fits.
+    fn merged_upload_base(&self, i: usize, candidates: &[usize]) -> Option<(usize, f64)> {
+        let adapter = &self.node(i).signature;
+        let mut by_id: Vec<usize> = candidates.to_vec();
+        by_id.sort_by(|&a, &b| self.node(a).id.cmp(&self.node(b).id));
+        let bases: Vec<usize> = if by_id.len() <= self.options.dense_limit {
+            by_id.clone()
+        } else {
+            by_id.iter().copied().filter(|p| self.node(i).declared.contains(p)).collect()
+        };
+        let mut best: Option<(usize, f64)> = None;
+        for &p in &bases {
+            let base = &self.node(p).signature;
+            for &m in &by_id {
+                if m == p {
+                    continue;
+                }
+                let merged = &self.node(m).signature;
+                let quick = adapter_fit::merged_residual(adapter, base, merged, adapter_fit::QUICK_ENTRIES);
+                if quick.is_none_or(|q| q > 2.0 * adapter_fit::MERGED_FIT) {
+                    continue;
+                }
+                let Some(r) = adapter_fit::merged_residual(adapter, base, merged, usize::MAX) else { continue };
+                if r < adapter_fit::MERGED_FIT && best.is_none_or(|(_, b)| r < b) {
+                    best = Some((p, r));
+                }
+            }
+        }
+        best
     }
 
     fn refix(&mut self, i: usize, change: &mut Change) {
@@ -928,10 +1069,16 @@ impl<'a> Index<'a> {
                 self.node_mut(a).cands.insert(b, summary);
                 self.node_mut(b).cands.insert(a, summary);
                 if summary.related {
+                    let d = summary.distance;
                     for (x, y) in [(a, b), (b, a)] {
-                        let related = &mut self.node_mut(x).related;
-                        let pos = related.partition_point(|e| e.0 < y);
-                        related.insert(pos, (y, summary.distance));
+                        let id = self.node(y).id.as_ref();
+                        let pos = self.node(x).related.partition_point(|e| self.node(e.0).id.as_ref() < id);
+                        let near = self.node(x).near.partition_point(|e| {
+                            e.1.total_cmp(&d).then_with(|| self.node(e.0).id.as_ref().cmp(id)).is_lt()
+                        });
+                        let node = self.node_mut(x);
+                        node.related.insert(pos, (y, d));
+                        node.near.insert(near, (y, d));
                     }
                 }
                 // Unrelated candidate pairs never reach the solver: only a new relation touches the family.
@@ -949,7 +1096,9 @@ impl<'a> Index<'a> {
         self.node_mut(b).cands.remove(&a);
         if summary.related {
             for (x, y) in [(a, b), (b, a)] {
-                self.node_mut(x).related.retain(|e| e.0 != y);
+                let node = self.node_mut(x);
+                node.related.retain(|e| e.0 != y);
+                node.near.retain(|e| e.0 != y);
             }
         }
         if summary.related {
@@ -1208,6 +1357,9 @@ mod tests {
                 let w = &out[p].1;
                 match op % 9 {
                     1 | 2 => (finetune(w, seed, 0.15), Some(p)),
+                    // Half the LoRAs are a merged upload of an adapter drawn with the same seed class and
+                    // parent, if one is made: the adapter's base then follows from the weights.
+                    3 if seed % 2 == 0 => (lora(w, seed % 8, 4, 0.1), Some(p)),
                     3 => (lora(w, seed, 2, 0.3), Some(p)),
                     4 => (cast_bf16(w), Some(p)),
                     5 => (quantize_int8(w), Some(p)),
@@ -1215,7 +1367,7 @@ mod tests {
                     7 => (task_arithmetic(w, &out[pick(b)].1, &out[pick(a + b)].1, 0.6, 0.5), Some(p)),
                     _ => {
                         prior.adapter_base = (seed % 2 == 0).then(|| out[p].0.clone());
-                        (adapter(w, seed, 4, 0.1), None)
+                        (adapter(w, seed % 8, 4, 0.1), None)
                     }
                 }
             };

@@ -20,6 +20,7 @@
 //! [`eval`] scores a recovery against ground truth. The crate does no IO of any kind: callers read files, cards
 //! and clocks and hand the results in.
 
+mod adapter_fit;
 pub mod edmonds;
 pub mod eval;
 mod index;
@@ -386,6 +387,35 @@ mod tests {
     fn weights_alone_orient_the_tree() {
         // No creation times, no cards: direction comes from the effective-rank prior only.
         check(&zoo(false), &Options::default(), &ZOO_EDGES, &ZOO_FAMILIES);
+    }
+
+    #[test]
+    fn a_merged_upload_names_an_adapters_base_against_its_card() {
+        // The adapter was trained on f1; the same adapter merged into f1 was uploaded too.
+        let r = root(1);
+        let f1 = finetune(&r, 10, 0.15);
+        let specs = |card: &str| {
+            let mut a = spec("a", adapter(&f1, 21, 4, 0.1), Some(500));
+            a.prior.adapter_base = Some(card.to_owned());
+            vec![
+                spec("r", r.clone(), Some(100)),
+                spec("f1", f1.clone(), Some(200)),
+                spec("f1-merged", cast_bf16(&lora(&f1, 21, 4, 0.1)), Some(510)),
+                a,
+            ]
+        };
+        let edges =
+            [("r", "f1", Relation::Finetune), ("f1", "f1-merged", Relation::Lora), ("f1", "a", Relation::Adapter)];
+        let families: [&[&str]; 1] = [&["a", "f1", "f1-merged", "r"]];
+        // Its config names r: the weights override it.
+        let recovery = check(&specs("r"), &Options::default(), &edges, &families);
+        let adapter = recovery.edges.iter().find(|e| e.child == "a").expect("the adapter's edge");
+        assert_eq!(adapter.source, EdgeSource::Weights);
+        assert!(adapter.confidence > 0.9, "{adapter:?}");
+        // With the card right, weights and metadata agree.
+        let recovery = check(&specs("f1"), &Options::default(), &edges, &families);
+        let adapter = recovery.edges.iter().find(|e| e.child == "a").expect("the adapter's edge");
+        assert_eq!(adapter.source, EdgeSource::Both);
     }
 
     #[test]

@@ -21,14 +21,14 @@
 //!   recipe and get no edge; every edge is typed `finetune`, since MoTHer knows no types.
 
 use crate::edmonds::min_arborescence;
-use crate::index::{Group, Index};
+use crate::index::{Group, Index, Placed};
 use crate::solve::unplaced_full_by_group;
-use crate::{Edge, EdgeSource, Options, Relation};
+use crate::{EdgeSource, Options, Relation};
 
 const OUTPUT_LAYER_NAMES: [&str; 5] = ["o_proj", "out_proj", "c_proj", ".wo.", "dense"];
 
 /// Solves one family; `members` are node ids in id order, the order MoTHer's `i < j` refers to.
-pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Edge> {
+pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Placed> {
     let mut edges = Vec::new();
     for (g, positions) in unplaced_full_by_group(ix, members) {
         if positions.len() >= 2 {
@@ -45,7 +45,7 @@ fn layer_values<'g>(ix: &'g Index<'_>, member: usize, slot: usize) -> &'g [f32] 
     if t.samples.is_empty() { node.sketch(slot) } else { &t.samples }
 }
 
-fn solve_cluster(ix: &Index<'_>, group: &Group, positions: &[usize], options: &Options, edges: &mut Vec<Edge>) {
+fn solve_cluster(ix: &Index<'_>, group: &Group, positions: &[usize], options: &Options, edges: &mut Vec<Placed>) {
     let n = positions.len();
     let square: Vec<usize> = (0..group.slots.len()).filter(|&t| group.slots[t].is_square()).collect();
     let layers: Vec<usize> = if square.is_empty() { (0..group.slots.len()).collect() } else { square };
@@ -114,9 +114,9 @@ fn solve_cluster(ix: &Index<'_>, group: &Group, positions: &[usize], options: &O
         let next = (0..n).filter(|&u| u != i && u != j).map(|u| cost(u, j)).fold(f64::INFINITY, f64::min);
         let margin = if next.is_finite() { ((next - cost(i, j)) / unit).clamp(0.0, 1.0) } else { 1.0 };
         let direction = ((cost(j, i) - cost(i, j)) / unit).clamp(0.0, 1.0);
-        edges.push(Edge {
-            parent: ix.node(positions[i]).id.to_string(),
-            child: ix.node(positions[j]).id.to_string(),
+        edges.push(Placed {
+            parent: positions[i],
+            child: positions[j],
             relation: Relation::Finetune,
             confidence: (margin + direction) / 2.0,
             source: EdgeSource::Weights,

@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use signature::ValueSource;
 
-use crate::edmonds::min_arborescence;
-use crate::index::{Group, Index, MergeMemo};
+use crate::edmonds::min_arborescence_in;
+use crate::index::{Group, Index, MergeMemo, Placed};
 use crate::numeric::{cast_equal, effective_rank, mantissa_bits, numerical_rank, singular_values};
 use crate::prepare::{Kind, is_block_weight};
 use crate::union_find::UnionFind;
-use crate::{Edge, EdgeSource, Options, Relation};
+use crate::{EdgeSource, Options, Relation};
 
 /// Above this many models a family's arborescence only gets each model's nearest related candidates.
 const SPARSE_ABOVE: usize = 300;
@@ -48,8 +48,9 @@ const RANK_SLOTS: usize = 16;
 const MERGE_REPAIRS: usize = 64;
 
 /// Solves one family: `members` are node ids in id order (so the result depends on the member set only).
-pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Edge> {
-    let mut edges = Vec::new();
+pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Placed> {
+    // Merges give a child two edges; every other child has one at most.
+    let mut edges = Vec::with_capacity(members.len() + members.len() / 8);
     for &i in members {
         let node = ix.node(i);
         let Some(f) = node.fixed else { continue };
@@ -58,7 +59,7 @@ pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Edge> {
             _ if node.quantized && !ix.node(f.parent).quantized => Relation::Quantized,
             _ => node.prior.declared_relation.unwrap_or(Relation::Finetune),
         };
-        edges.push(edge(ix, f.parent, i, relation, f.confidence, f.source));
+        edges.push(edge(f.parent, i, relation, f.confidence, f.source));
     }
     for (g, models) in unplaced_full_by_group(ix, members) {
         if models.len() >= 2 {
@@ -86,14 +87,8 @@ pub(crate) fn unplaced_full_by_group(ix: &Index<'_>, members: &[usize]) -> Vec<(
     by_group
 }
 
-fn edge(ix: &Index<'_>, parent: usize, child: usize, relation: Relation, confidence: f64, source: EdgeSource) -> Edge {
-    Edge {
-        parent: ix.node(parent).id.to_string(),
-        child: ix.node(child).id.to_string(),
-        relation,
-        confidence: confidence.clamp(0.0, 1.0),
-        source,
-    }
+fn edge(parent: usize, child: usize, relation: Relation, confidence: f64, source: EdgeSource) -> Placed {
+    Placed { parent, child, relation, confidence: confidence.clamp(0.0, 1.0), source }
 }
 
 /// The full models of one family inside one architecture group, indexed locally `0..n` in id order.
@@ -144,34 +139,52 @@ impl Table {
     }
 }
 
+impl Drop for Subset<'_, '_> {
+    /// Hands the large buffers back to the index for the next solve.
+    fn drop(&mut self) {
+        let mut scratch = self.ix.scratch.borrow_mut();
+        scratch.adj_start = std::mem::take(&mut self.adj_start);
+        scratch.adj_list = std::mem::take(&mut self.adj_list);
+        scratch.near_list = std::mem::take(&mut self.near_list);
+    }
+}
+
 impl<'a, 'm> Subset<'a, 'm> {
     fn new(ix: &'a Index<'m>, g: usize, model: Vec<usize>) -> Subset<'a, 'm> {
         let n = model.len();
+        let mut scratch = ix.scratch.borrow_mut();
         // Node id → local index, as a flat table: the family's lookups are the solve's inner loop.
-        let mut local = vec![u32::MAX; model.iter().copied().max().map_or(0, |m| m + 1)];
+        let mut local = std::mem::take(&mut scratch.local);
+        let size = model.iter().copied().max().map_or(0, |m| m + 1);
+        if local.len() < size {
+            local.resize(size, u32::MAX);
+        }
         for (a, &m) in model.iter().enumerate() {
             local[m] = a as u32;
         }
-        let mut adj_start = Vec::with_capacity(n + 1);
-        let mut adj_list: Vec<(usize, f64)> = Vec::new();
+        let mut adj_start = std::mem::take(&mut scratch.adj_start);
+        let mut adj_list = std::mem::take(&mut scratch.adj_list);
+        let mut near_list = std::mem::take(&mut scratch.near_list);
+        adj_start.clear();
+        adj_list.clear();
+        near_list.clear();
         adj_start.push(0);
+        // Local indices follow id order, and each node keeps its relatives in id order and by distance (ties by
+        // id): filtering both lists to the family gives the adjacency by local index and nearest first.
+        let local_of = |b: usize| local.get(b).copied().filter(|&lb| lb != u32::MAX);
         for &m in &model {
-            let from = adj_list.len();
-            for &(b, distance) in &ix.node(m).related {
-                if let Some(&lb) = local.get(b)
-                    && lb != u32::MAX
-                {
-                    adj_list.push((lb as usize, distance));
-                }
-            }
-            adj_list[from..].sort_unstable_by_key(|e| e.0);
+            let node = ix.node(m);
+            adj_list.extend(node.related.iter().filter_map(|&(b, d)| Some((local_of(b)? as usize, d))));
+            near_list.extend(node.near.iter().filter_map(|&(b, d)| Some((local_of(b)? as usize, d))));
             adj_start.push(adj_list.len());
         }
-        // By distance, ties in id order: what a stable sort of the id-ordered list gives.
-        let mut near_list = adj_list.clone();
-        for a in 0..n {
-            near_list[adj_start[a]..adj_start[a + 1]].sort_unstable_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+        debug_assert_eq!(adj_list.len(), near_list.len());
+        debug_assert!(adj_start.windows(2).all(|w| adj_list[w[0]..w[1]].windows(2).all(|p| p[0].0 < p[1].0)));
+        for &m in &model {
+            local[m] = u32::MAX;
         }
+        scratch.local = local;
+        drop(scratch);
         let (mut sum, mut count) = (0.0, 0usize);
         for a in 0..n {
             for &(b, d) in &adj_list[adj_start[a]..adj_start[a + 1]] {
@@ -242,7 +255,7 @@ impl<'a, 'm> Subset<'a, 'm> {
         if self.declares(child, parent) { EdgeSource::Both } else { EdgeSource::Weights }
     }
 
-    fn solve(mut self, edges: &mut Vec<Edge>) {
+    fn solve(mut self, edges: &mut Vec<Placed>) {
         let n = self.n();
         let mut active = vec![true; n];
 
@@ -252,7 +265,6 @@ impl<'a, 'm> Subset<'a, 'm> {
             active[child] = false;
             let confidence = if exact { 1.0 } else { 0.9 };
             edges.push(edge(
-                self.ix,
                 self.model[parent],
                 self.model[child],
                 Relation::Duplicate,
@@ -269,7 +281,6 @@ impl<'a, 'm> Subset<'a, 'm> {
                 if let Some((parent, confidence)) = self.quantized_parent(v, &active) {
                     active[v] = false;
                     edges.push(edge(
-                        self.ix,
                         self.model[parent],
                         self.model[v],
                         Relation::Quantized,
@@ -302,9 +313,15 @@ impl<'a, 'm> Subset<'a, 'm> {
             candidates.extend(nodes.iter().map(|&v| (root, v, tau)));
             // Inactive nodes get a free root edge so the arborescence spans every index.
             candidates.extend((0..n).filter(|&v| !active[v]).map(|v| (root, v, 0.0)));
-            let found = min_arborescence(n + 1, root, &candidates);
+            let found = {
+                let mut scratch = self.ix.scratch.borrow_mut();
+                min_arborescence_in(&mut scratch.arborescence, n + 1, root, &candidates)
+            };
             candidates.truncate(count);
-            let Some(parents) = found else { return };
+            let Some(parents) = found else {
+                self.ix.scratch.borrow_mut().candidates = candidates;
+                return;
+            };
             match merge_cycle(&parents, &merges, root) {
                 Some(bad) if repairs < MERGE_REPAIRS => {
                     repairs += 1;
@@ -316,11 +333,12 @@ impl<'a, 'm> Subset<'a, 'm> {
 
         let tau = root_cost(&candidates, self.scale);
         let incoming = Incoming::new(n, &candidates);
+        self.ix.scratch.borrow_mut().candidates = candidates;
         for &v in &nodes {
             if let Some(m) = &merges[v] {
                 for parent in m.parents {
                     let source = self.source(parent, v);
-                    edges.push(edge(self.ix, self.model[parent], self.model[v], Relation::Merge, m.confidence, source));
+                    edges.push(edge(self.model[parent], self.model[v], Relation::Merge, m.confidence, source));
                 }
                 continue;
             }
@@ -333,7 +351,7 @@ impl<'a, 'm> Subset<'a, 'm> {
                 Relation::Finetune
             };
             let confidence = self.confidence(parent, v, &incoming, tau);
-            edges.push(edge(self.ix, self.model[parent], self.model[v], relation, confidence, self.source(parent, v)));
+            edges.push(edge(self.model[parent], self.model[v], relation, confidence, self.source(parent, v)));
         }
     }
 
@@ -356,7 +374,7 @@ impl<'a, 'm> Subset<'a, 'm> {
             }
         }
         let mut out = Vec::new();
-        for set in uf.components().into_iter().filter(|s| s.len() > 1) {
+        for set in sets_of(&mut uf, &exact_pairs) {
             // The original carries the most information: the most mantissa bits in use (a bf16 → f32 upcast
             // uses no more than its source), then the narrower stored type (an exact upcast is the copy), then
             // the earlier upload, then the one not declaring another member, then the smaller id.
@@ -479,15 +497,22 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// relative clearly. The parents are the two regressors with the largest coefficients (the base's
     /// coefficient `1 − λ₁ − λ₂` is the smallest in every recipe we know).
     fn merge(&self, v: usize, active: &[bool]) -> Option<Merge> {
-        let near: Vec<usize> = self.near(v).iter().map(|e| e.0).filter(|&u| active[u]).take(MERGE_CANDIDATES).collect();
+        // On the stack: this runs for every model of the family on every solve.
+        let mut buffer = [0usize; MERGE_CANDIDATES];
+        let mut len = 0;
+        for u in self.near(v).iter().map(|e| e.0).filter(|&u| active[u]).take(MERGE_CANDIDATES) {
+            buffer[len] = u;
+            len += 1;
+        }
+        let near = &buffer[..len];
         if near.len() < 2 || self.group.slots.is_empty() {
             return None;
         }
         // The fit depends on the model, these relatives and its declarations only: reuse an earlier answer.
         let same_key = |memo: &MergeMemo| {
             memo.key.0.len() == near.len()
-                && memo.key.0.iter().zip(&near).all(|(&m, &u)| m == self.model[u])
-                && memo.key.1.iter().zip(&near).all(|(&declared, &u)| declared == self.declares(v, u))
+                && memo.key.0.iter().zip(near).all(|(&m, &u)| m == self.model[u])
+                && memo.key.1.iter().zip(near).all(|(&declared, &u)| declared == self.declares(v, u))
         };
         if let Some(memo) = self.ix.merges.borrow().get(&self.model[v])
             && same_key(memo)
@@ -505,7 +530,7 @@ impl<'a, 'm> Subset<'a, 'm> {
             near.iter().map(|&u| self.model[u]).collect::<Vec<usize>>(),
             near.iter().map(|&u| self.declares(v, u)).collect::<Vec<bool>>(),
         );
-        let found = self.fit_merge(v, &near);
+        let found = self.fit_merge(v, near);
         let memo = found.as_ref().map(|m| {
             (
                 [self.model[m.parents[0]], self.model[m.parents[1]]],
@@ -781,7 +806,8 @@ impl<'a, 'm> Subset<'a, 'm> {
         f: &[Features],
         merges: &[Option<Merge>],
     ) -> Vec<(usize, usize, f64)> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.ix.scratch.borrow_mut().candidates);
+        out.clear();
         for &v in nodes {
             if let Some(m) = &merges[v] {
                 // A merge child hangs from its main parent; the second parent must not end up below it.
@@ -860,6 +886,25 @@ impl Incoming {
 struct Features {
     kurtosis: f64,
     effective_rank: f64,
+}
+
+/// The union-find's sets of two or more members (each sorted ascending, ordered by smallest member, as
+/// [`UnionFind::components`] lists them), found from the joined pairs alone: a family is mostly singletons.
+fn sets_of(uf: &mut UnionFind, pairs: &HashMap<(usize, usize), bool>) -> Vec<Vec<usize>> {
+    let mut joined: Vec<usize> = pairs.keys().flat_map(|&(a, b)| [a, b]).collect();
+    joined.sort_unstable();
+    joined.dedup();
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    let mut slot: HashMap<usize, usize> = HashMap::new();
+    for x in joined {
+        let root = uf.find(x);
+        let at = *slot.entry(root).or_insert_with(|| {
+            sets.push(Vec::new());
+            sets.len() - 1
+        });
+        sets[at].push(x);
+    }
+    sets
 }
 
 /// τ for the virtual root: above every candidate edge, so a model without any related candidate is a root and
