@@ -1,6 +1,6 @@
 //! `demo`: the embedded default. Unpacks the bundled small zoo (really trained tiny Llama trees, see
-//! `tests/zoo-small`), serves it as a Hub on loopback, crawls it, prints the recovered forest and scores it
-//! against the zoo's ground truth.
+//! `tests/zoo-small`), serves it as a Hub on loopback, crawls it, prints the recovered forest and its license
+//! audit, and scores it against the zoo's ground truth (with `--keep DIR`, also writes the HTML report there).
 //! No network and no setup: the zoo is compiled into the binary by `build.rs`.
 
 use std::{path::Path, process::ExitCode};
@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use lineage::Method;
 use signature::Scheme;
 
-use crate::{commands, crawl, output, solve};
+use crate::{audit, commands, crawl, export, output, solve};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/zoo_small.rs"));
@@ -73,6 +73,9 @@ pub async fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> any
     let edges = solve::from_records(&store.current_edges()?);
     println!("recovered forest (relation, confidence, evidence):");
     print!("{}", output::forest(&ids, &edges));
+    let models: Vec<audit::Model> = store.models()?.iter().map(audit::Model::from).collect();
+    println!("\nlicense and declaration audit of the recovered edges:");
+    print!("{}", audit::render_text(&audit::audit(&models, &edges)));
     let truth = commands::read_truth(&zoo.join("ground_truth.json"))?;
     let mut rows = Vec::new();
     for method in [Method::Default, Method::Mother] {
@@ -81,8 +84,16 @@ pub async fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> any
     }
     println!("\nscore against the zoo's ground truth:");
     print!("{}", output::score_table(&rows));
-    if keep.is_some() {
-        println!("\nkept: zoo in {}, database in {}", zoo.display(), db_path.display());
+    if let Some(dir) = keep {
+        let report = dir.join("report.html");
+        let graph = export::Graph::from_store(&store)?;
+        output::write_atomically(&report, export::render(export::Format::Html, &graph)?.as_bytes())?;
+        println!(
+            "\nkept: zoo in {}, database in {}, HTML report {}",
+            zoo.display(),
+            db_path.display(),
+            report.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
