@@ -122,7 +122,12 @@ pub fn relatives(model: &str, edges: &[Edge]) -> (Vec<Edge>, Vec<Edge>) {
 /// Writes to a temporary file beside `path`, syncs it and renames it into place, so a reader never sees half a file.
 pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut builder = tempfile::Builder::new();
+    // A temporary file is created private (0600); an export is an ordinary file that others may read (0644,
+    // less whatever the umask removes).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(data).context("cannot write the export")?;
     tmp.as_file().sync_all().context("cannot sync the export")?;
     tmp.persist(path).with_context(|| format!("cannot rename into {}", path.display()))?;
@@ -211,6 +216,22 @@ mod tests {
 
     fn edge(p: &str, c: &str, relation: Relation) -> Edge {
         Edge { parent: p.into(), child: c.into(), relation, confidence: 0.5, source: EdgeSource::Weights }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exports_are_readable_like_any_file_the_user_creates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        // What the umask leaves of 0666 for a plain file, without the write bits for others.
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).expect("create");
+        let export = dir.path().join("export.json");
+        write_atomically(&export, b"{}").expect("write");
+        write_atomically(&export, b"{\"again\": true}").expect("replace");
+        assert_eq!(std::fs::read(&export).expect("read"), b"{\"again\": true}");
+        assert_eq!(mode(&export), mode(&plain) & 0o644);
     }
 
     #[test]
