@@ -44,24 +44,20 @@ pub struct CrawlOptions {
 #[derive(Clone, Debug, Default)]
 pub struct CrawlStats {
     pub listed: usize,
-    pub new: usize,
-    pub changed: usize,
-    pub unchanged: usize,
-    pub failed: usize,
-    pub bytes_fetched: u64,
-    pub checkpoint_bytes: u64,
+    /// Failures count those of the listing (unreadable commits) too.
+    pub indexed: IndexStats,
     pub requests: Stats,
     pub edges: Option<usize>,
 }
 
 impl CrawlStats {
     pub fn to_json(&self) -> serde_json::Value {
-        let r = &self.requests;
+        let (r, i) = (&self.requests, &self.indexed);
         serde_json::json!({
-            "listed": self.listed, "new": self.new, "changed": self.changed,
-            "unchanged": self.unchanged, "failed": self.failed,
-            "bytes_fetched": self.bytes_fetched, "checkpoint_bytes": self.checkpoint_bytes,
-            "fetched_share": if self.checkpoint_bytes == 0 { 0.0 } else { self.bytes_fetched as f64 / self.checkpoint_bytes as f64 },
+            "listed": self.listed, "new": i.new, "changed": i.changed,
+            "unchanged": i.unchanged, "failed": i.failed,
+            "bytes_fetched": i.bytes_fetched, "checkpoint_bytes": i.checkpoint_bytes,
+            "fetched_share": if i.checkpoint_bytes == 0 { 0.0 } else { i.bytes_fetched as f64 / i.checkpoint_bytes as f64 },
             "requests": {
                 "api": r.api_requests, "resolvers": r.resolver_requests, "cdn": r.cdn_requests,
                 "retries": r.retries, "rate_limited": r.rate_limited, "waited_seconds": r.waited.as_secs_f64(),
@@ -71,23 +67,19 @@ impl CrawlStats {
     }
 
     pub fn summary(&self) -> String {
-        let r = &self.requests;
+        let (r, i) = (&self.requests, &self.indexed);
         format!(
             "models: {} listed, {} new, {} changed, {} unchanged, {} failed\n\
              bytes: {} fetched of {} in the checkpoints signed ({:.2}%)\n\
              requests: {} api, {} resolvers, {} cdn; {} retries, {} rate-limited, {:.1} s waiting for budget",
             self.listed,
-            self.new,
-            self.changed,
-            self.unchanged,
-            self.failed,
-            output::bytes(self.bytes_fetched),
-            output::bytes(self.checkpoint_bytes),
-            if self.checkpoint_bytes == 0 {
-                0.0
-            } else {
-                100.0 * self.bytes_fetched as f64 / self.checkpoint_bytes as f64
-            },
+            i.new,
+            i.changed,
+            i.unchanged,
+            i.failed,
+            output::bytes(i.bytes_fetched),
+            output::bytes(i.checkpoint_bytes),
+            if i.checkpoint_bytes == 0 { 0.0 } else { 100.0 * i.bytes_fetched as f64 / i.checkpoint_bytes as f64 },
             r.api_requests,
             r.resolver_requests,
             r.cdn_requests,
@@ -198,7 +190,8 @@ async fn crawl_run(
     let listing = client.list_models(&query).take(options.limit.unwrap_or(usize::MAX));
     let summaries: Vec<hub::ModelSummary> = listing.try_collect().await.context("cannot list models")?;
     stats.listed = summaries.len();
-    let listed = listed_commits(store, &options.endpoint, summaries, RetryPolicy::IMMEDIATE, &mut stats.failed)?;
+    let mut listing_failed = 0;
+    let listed = listed_commits(store, &options.endpoint, summaries, RetryPolicy::IMMEDIATE, &mut listing_failed)?;
     let index = IndexOptions {
         endpoint: &options.endpoint,
         scheme,
@@ -209,12 +202,7 @@ async fn crawl_run(
         progress: true,
     };
     let done = index_listed(store, client, listed, &index, &mut |_| {}).await?;
-    stats.new = done.new;
-    stats.changed = done.changed;
-    stats.unchanged = done.unchanged;
-    stats.failed += done.failed;
-    stats.bytes_fetched = done.bytes_fetched;
-    stats.checkpoint_bytes = done.checkpoint_bytes;
+    stats.indexed = IndexStats { failed: done.failed + listing_failed, ..done };
     stats.edges = commands::solve_if_needed(store, run, scheme, method)?;
     stats.requests = client.stats();
     Ok(stats)
