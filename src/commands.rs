@@ -105,13 +105,15 @@ pub fn solve_if_needed(
 pub const SOLVED_INPUT: &str = "lineage.solved_input";
 
 pub fn solve_input_fingerprint(store: &Store, scheme: &Scheme, method: Method) -> anyhow::Result<String> {
-    let mut models: Vec<(String, String, String)> = store
-        .models()
-        .context("cannot list models")?
-        .into_iter()
-        .map(|m| (m.record.id, m.record.revision, m.status.as_str().to_owned()))
-        .collect();
-    models.sort();
+    let models = store.models().context("cannot list models")?;
+    Ok(fingerprint_of(&models, scheme, method))
+}
+
+/// [`solve_input_fingerprint`] of models already read.
+pub fn fingerprint_of(models: &[store::StoredModel], scheme: &Scheme, method: Method) -> String {
+    let mut models: Vec<(&str, &str, &str)> =
+        models.iter().map(|m| (m.record.id.as_str(), m.record.revision.as_str(), m.status.as_str())).collect();
+    models.sort_unstable();
     let mut hasher = blake3::Hasher::new();
     hasher.update(scheme.id().as_bytes());
     hasher.update(solve::method_name(method).as_bytes());
@@ -121,7 +123,7 @@ pub fn solve_input_fingerprint(store: &Store, scheme: &Scheme, method: Method) -
             hasher.update(&[0]);
         }
     }
-    Ok(hasher.finalize().to_hex().to_string())
+    hasher.finalize().to_hex().to_string()
 }
 
 pub async fn crawl(

@@ -132,7 +132,8 @@ impl Live {
     pub fn sync(&mut self, store: &mut Store, run: store::RunId) -> anyhow::Result<Synced> {
         let suffix = format!("@{}", self.scheme_id);
         let mut wanted: HashMap<String, (String, Prior)> = HashMap::new();
-        for m in store.models().context("cannot load models")? {
+        let models = store.models().context("cannot load models")?;
+        for m in &models {
             // What a batch solve reads: every model with a signature under this scheme (a vanished parent still
             // explains its children).
             if !m.has_signature || !m.record.revision.ends_with(&suffix) {
@@ -171,7 +172,7 @@ impl Live {
         let update = self.index.solve_touched();
         let families_resolved = update.families.len();
         let families = self.index.families().len();
-        let current = crate::commands::solve_input_fingerprint(store, &self.scheme, self.method)?;
+        let current = crate::commands::fingerprint_of(&models, &self.scheme, self.method);
         let stored = store.get_checkpoint(crate::commands::SOLVED_INPUT).context("cannot read a checkpoint")?;
         let edges = if added == 0 && gone.is_empty() && stored.as_deref() == Some(current.as_str()) {
             None

@@ -67,24 +67,17 @@ impl CycleStats {
     }
 }
 
-/// The lineage result of a run.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SolveOutcome {
-    /// `None` when nothing changed since the last solve.
-    pub edges: Option<usize>,
-    pub families_resolved: usize,
-    /// Families in the whole index.
-    pub families: usize,
-}
-
 /// Brings lineage up to date after a run through the daemon's incremental tree builder: only the families the
 /// run's new, changed and vanished models touched are solved again.
 ///
 /// # Errors
 /// When the store cannot be read or written.
-pub fn resolve_lineage(store: &mut Store, run: RunId, live: &mut crate::solve::Live) -> anyhow::Result<SolveOutcome> {
-    let synced = live.sync(store, run)?;
-    Ok(SolveOutcome { edges: synced.edges, families_resolved: synced.families_resolved, families: synced.families })
+pub fn resolve_lineage(
+    store: &mut Store,
+    run: RunId,
+    live: &mut crate::solve::Live,
+) -> anyhow::Result<crate::solve::Synced> {
+    live.sync(store, run)
 }
 
 /// Checkpoint keys are scoped by endpoint and filters: changing either starts a fresh full listing.
