@@ -1,6 +1,5 @@
-//! Shared by the integration tests: the bundled zoo, the binary, tree copies, the documented default scheme and a
-//! strict CSV reader. Each test binary uses a part of it.
-#![allow(dead_code)]
+//! Shared by the integration tests (`tests/it`): the bundled zoo, the binary (plain or isolated for Hub work),
+//! tree copies, the documented default scheme and a strict CSV reader.
 
 pub mod csv;
 
@@ -18,6 +17,24 @@ pub fn zoo() -> PathBuf {
 pub fn modeltree(db: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
     cmd.arg("--db").arg(db).env("MODELTREE_LOG", "error");
+    cmd
+}
+
+/// The binary for Hub work with a clean environment: no token, no developer settings (`MODELTREE_…`), a private
+/// Hugging Face home and cache under `home`, and only warnings logged.
+pub fn modeltree_isolated(db: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
+    cmd.arg("--db")
+        .arg(db)
+        .env("MODELTREE_LOG", "warn")
+        .env_remove("HF_TOKEN")
+        .env("HF_HOME", home)
+        .env("HF_HUB_CACHE", home.join("hub"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MODELTREE_") && name != "MODELTREE_LOG" {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 

@@ -4,9 +4,7 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-mod common;
-
-use common::{copy_tree, modeltree, run_ok, zoo};
+use crate::common::{copy_tree, modeltree, run_ok, zoo};
 
 fn export(db: &Path, format: &str) -> String {
     run_ok(modeltree(db).args(["export", "--format", format]))
@@ -83,7 +81,7 @@ fn check_all_formats(db: &Path) -> Exports {
     assert!(lines.iter().filter(|v| v["type"] == "model").all(|v| v["license_class"].is_string()));
 
     // CSV: a header, one row per edge and one per model with no parent; nine cells in every record.
-    let csv = common::csv::parse_csv(&export(db, "csv"));
+    let csv = crate::common::csv::parse_csv(&export(db, "csv"));
     assert_eq!(
         csv[0],
         [
@@ -223,7 +221,7 @@ fn hostile_ids_and_licenses_survive_every_format() {
     let node = doc.descendants().find(|n| n.attribute("id") == Some(id.as_str())).expect("node");
     let license = node.children().find(|d| d.attribute("key") == Some("license")).and_then(|d| d.text());
     assert_eq!(license, Some(hostile_license));
-    let csv = common::csv::parse_csv(&export(&db, "csv"));
+    let csv = crate::common::csv::parse_csv(&export(&db, "csv"));
     let row = csv.iter().find(|r| r[0] == id).expect("csv row");
     assert_eq!(row[5], hostile_license);
     let dot = export(&db, "dot");

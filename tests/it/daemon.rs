@@ -7,47 +7,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::{Read, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-mod common;
-
-fn zoo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
-}
-
-/// The binary with a clean environment: no token, no developer settings, quiet logs.
-fn modeltree(db: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
-    cmd.arg("--db").arg(db).env("MODELTREE_LOG", "warn").env_remove("HF_TOKEN").env("HF_HOME", home);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MODELTREE_") && name != "MODELTREE_LOG" {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("modeltree runs");
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("mkdir");
-    for entry in fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
+use crate::common::{copy_tree, modeltree_isolated as modeltree, run_ok, zoo};
 
 /// Copies the zoo (with its ground truth, which dates the repos) except `skip`.
 fn served_copy(dst: &Path, skip: &[&str]) {
@@ -62,7 +27,7 @@ fn served_copy(dst: &Path, skip: &[&str]) {
             let repo = repo.expect("entry");
             let id = format!("{}/{}", org.file_name().to_string_lossy(), repo.file_name().to_string_lossy());
             if !skip.contains(&id.as_str()) {
-                copy_dir(&repo.path(), &dst.join(&id));
+                copy_tree(&repo.path(), &dst.join(&id));
             }
         }
     }
@@ -105,7 +70,7 @@ fn snapshot(db: &Path) -> Snapshot {
         .collect();
     let ids: BTreeSet<&String> = models.iter().map(|m| &m.0).collect();
     assert_eq!(ids.len(), models.len(), "a model is stored twice");
-    let mut sigs = store.signatures_for_scheme(&common::default_scheme().id()).expect("signatures");
+    let mut sigs = store.signatures_for_scheme(&crate::common::default_scheme().id()).expect("signatures");
     sigs.sort_by(|a, b| a.0.cmp(&b.0));
     let sig_ids: BTreeSet<&String> = sigs.iter().map(|s| &s.0).collect();
     assert_eq!(sig_ids.len(), sigs.len(), "a signature is stored twice");
@@ -250,7 +215,7 @@ async fn added_models_appear_and_vanished_ones_are_marked() {
 
     // Three repos pushed, one deleted.
     for id in ADDED {
-        copy_dir(&zoo().join(id), &root.join(id));
+        copy_tree(&zoo().join(id), &root.join(id));
     }
     fs::remove_dir_all(root.join(REMOVED)).expect("remove");
     let mut second = once(&[]);
@@ -419,7 +384,7 @@ fn crash_test(kills: usize) -> CrashFigures {
         if kill > 0 {
             let source = sources[kill % sources.len()];
             let name = source.split('/').nth(1).unwrap_or("x");
-            copy_dir(&zoo().join(source), &root.join(format!("late-arrivals/{name}-{kill}")));
+            copy_tree(&zoo().join(source), &root.join(format!("late-arrivals/{name}-{kill}")));
         }
         let mut cmd = modeltree(&db, home);
         cmd.env("MODELTREE_LOG", "modeltree=info")
@@ -557,7 +522,7 @@ async fn a_running_daemon_resolves_only_the_touched_family() {
             runs(db, &home).into_iter().filter(|r| r["status"] == "ok").map(|r| r["stats"].clone()).collect()
         };
         wait_for("the first run", Duration::from_secs(120), || !ok_runs(&db2).is_empty());
-        copy_dir(&zoo().join(PUSHED), &served.join(PUSHED));
+        copy_tree(&zoo().join(PUSHED), &served.join(PUSHED));
         wait_for("the pushed repo's run", Duration::from_secs(120), || {
             ok_runs(&db2).iter().any(|s| s["new"].as_u64() == Some(1))
         });
@@ -598,7 +563,7 @@ async fn a_running_daemon_resolves_only_the_touched_family() {
 
 /// A batch solve of everything `store` holds, as `(parent, child, relation)` sorted.
 fn lineage_of(store: &store::Store) -> Vec<(String, String, String)> {
-    let scheme = common::default_scheme();
+    let scheme = crate::common::default_scheme();
     let sigs = store.signatures_for_scheme(&scheme.id()).expect("signatures");
     let records: BTreeMap<String, store::ModelRecord> =
         store.models().expect("models").into_iter().map(|m| (m.record.id.clone(), m.record)).collect();

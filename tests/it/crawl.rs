@@ -3,29 +3,9 @@
 //! no work, and under injected faults (5xx, resets, truncated bodies, expired URLs, a 429 storm) the result is
 //! the same, with no request sent before an announced reset.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
-mod common;
-
-fn zoo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("zoo-small")
-}
-
-fn modeltree(db: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
-    cmd.arg("--db")
-        .arg(db)
-        .env("MODELTREE_LOG", "error")
-        // Never pick up a developer's real token or cache.
-        .env_remove("HF_TOKEN")
-        .env("HF_HOME", home)
-        .env("HF_HUB_CACHE", home.join("hub"));
-    cmd
-}
+use crate::common::{modeltree_isolated as modeltree, zoo};
 
 fn run_json(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().expect("modeltree runs");
@@ -36,7 +16,7 @@ fn run_json(cmd: &mut Command) -> serde_json::Value {
 /// Signatures per model, and the edges as (parent, child, relation): what must not depend on how the bytes came.
 fn lineage_and_signatures(db: &Path) -> (String, Vec<(String, String, String)>) {
     let store = store::Store::open(db).expect("open store");
-    let mut sigs = store.signatures_for_scheme(&common::default_scheme().id()).expect("signatures");
+    let mut sigs = store.signatures_for_scheme(&crate::common::default_scheme().id()).expect("signatures");
     sigs.sort_by(|a, b| a.0.cmp(&b.0));
     let sigs = sigs.iter().map(|(id, s)| format!("{id} {s:?}\n")).collect();
     let mut edges: Vec<_> =

@@ -7,9 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-mod common;
-
-use common::{copy_tree, modeltree, run_ok, zoo};
+use crate::common::{copy_tree, modeltree, run_ok, zoo};
 
 /// Everything a scan is responsible for, independent of timestamps and file modification times: per model its
 /// status and signature, plus the current edges.
@@ -21,7 +19,7 @@ fn snapshot(db: &Path) -> String {
     for m in &models {
         out.push_str(&format!("{} {} {:?}\n", m.record.id, m.status.as_str(), m.record.license));
     }
-    let mut sigs = store.signatures_for_scheme(&common::default_scheme().id()).expect("signatures");
+    let mut sigs = store.signatures_for_scheme(&crate::common::default_scheme().id()).expect("signatures");
     sigs.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, sig) in &sigs {
         out.push_str(&format!("{id} {:?}\n", sig));

@@ -8,9 +8,7 @@ use std::{
     process::Command,
 };
 
-mod common;
-
-use common::{modeltree, zoo};
+use crate::common::{modeltree, zoo};
 
 /// `audit --fail-on` exits with this when a finding reaches the threshold.
 const AUDIT_FAILED: i32 = 3;
