@@ -7,7 +7,8 @@
 //!   [`HubClient::resolve`] (`HEAD` on a pinned resolve URL, redirect not followed),
 //!   [`HubClient::read_range`] (one ranged `GET` on the signed CDN URL, checked `206`/`Content-Range`) and
 //!   [`HubClient::get_small_file`] on files.
-//! - [`remote`] signs a model from ranges alone: [`sign_remote_model`] gives the signature
+//! - [`remote`] signs a model from ranges alone: [`sign_remote_model`] wraps the signing engine's
+//!   [`signature::Checkpoint`] and [`signature::SignPlan`] with ranged reads, so it gives the signature
 //!   [`signature::sign_model_dir`] would give on the downloaded files, reading a few ranges per tensor.
 //! - [`cache`] downloads whole files into the standard Hugging Face cache for `--full` mode.
 //! - [`config`] holds [`HubConfig`], the redacted [`Token`] and the rate-limit [`Tier`]; [`ids`] the
@@ -36,7 +37,5 @@ pub use config::{HubConfig, Tier, Token, TokenError};
 pub use error::HubError;
 pub use ids::{Commit, RepoId, Revision, check_file_name};
 pub use limiter::{Bucket, RateLimiter};
-pub use remote::{
-    RemoteError, RemoteFile, RemoteFileUsed, RemoteLayout, RemoteOptions, RemoteSigned, sign_remote_model,
-};
+pub use remote::{RemoteError, RemoteFile, RemoteFileUsed, RemoteOptions, RemoteSigned, sign_remote_model};
 pub use reqwest::Url;

@@ -1,15 +1,17 @@
 //! Streaming signatures of a model on the Hub, from HTTP ranges alone.
 //!
-//! [`sign_remote_model`] makes the decisions [`signature::sign_model_dir`] makes on a local folder, from the
-//! repository's file list ([`signature::choose_layout`]): a PEFT adapter (scaled by its `adapter_config.json`),
-//! the shards of a `*.safetensors.index.json` (checked against the shards' headers), or every top-level
-//! `*.safetensors` file. Per file it resolves the pinned commit once and reads the header with at most two
-//! ranges: bytes `0..=100000` first, and a second range only when the 8-byte length says the header is longer.
-//! Then a [`SignPlan`] lists the byte ranges the scheme needs (the selected row blocks of every tensor,
-//! coalesced and bounded), a producer fetches them in order with a bounded number of bytes in flight, and the
-//! plan runs on a blocking thread, pulling each range from a channel into the same accumulators the mmap
-//! reader uses. The signature is therefore bit-for-bit the local one; memory holds the in-flight budget, one
-//! accumulator and the headers, never a checkpoint; nothing is written to disk.
+//! This is the remote wrapper of the signing engine in `signature`; it decides nothing about the model and
+//! only does the IO. [`sign_remote_model`] drives a [`signature::Checkpoint`] over the repository's file list:
+//! the checkpoint chooses the layout (a PEFT adapter, the shards of a `*.safetensors.index.json`, or every
+//! top-level `*.safetensors` file) and asks for the small files it needs, fetched whole through the client.
+//! Each weights file is resolved once at the pinned commit (its size and digest checked against the listing)
+//! and its header read as [`signature::read_header`] asks: bytes `0..=100000` first, and a second range only
+//! when the 8-byte length says the header is longer. The checkpoint's [`SignPlan`] then lists the byte ranges
+//! the scheme needs (the selected row blocks of every tensor, coalesced and bounded); a producer fetches them
+//! in order with a bounded number of bytes in flight, and [`SignPlan::run`] runs on a blocking thread, pulling
+//! each range from a channel into the same per-tensor executor local signing uses. The signature is therefore
+//! bit-for-bit the local one; memory holds the in-flight budget, one accumulator and the headers, never a
+//! checkpoint; nothing is written to disk.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
@@ -17,13 +19,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use signature::index::MAX_INDEX_LEN;
-use signature::reader::MAX_ADAPTER_CONFIG_LEN;
-use signature::source::{ADAPTER_CONFIG_FILE, ADAPTER_FILE};
 use signature::{
-    AdapterConfigError, ByteSource, DirLayout, Header, HeaderError, IndexError, IndexMismatch, LayoutError, LoraConfig,
-    MAX_HEADER_LEN, ModelSignature, Read, ReadLimits, RunError, Scheme, SignOptions, SignPlan, SourcePlanError,
-    TensorError, check_index, choose_layout, parse_adapter_config, parse_header, parse_index, validate_scheme,
+    ByteSource, Checkpoint, Header, HeaderStep, Layout, MAX_HEADER_LEN, ModelError, ModelSignature, Need, Read,
+    ReadLimits, RunError, Scheme, SignOptions, SignPlan, read_header,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -31,9 +29,6 @@ use crate::api::Sibling;
 use crate::client::{Counters, HubClient, Resolved, Stats, Tally};
 use crate::error::HubError;
 use crate::ids::{Commit, RepoId, check_file_name};
-
-/// The first header read: `Range: bytes=0-100000`, as `huggingface_hub` does. Most headers fit.
-pub const FIRST_HEADER_READ: u64 = 100_001;
 
 /// Largest header read by default: 25 MB, `huggingface_hub`'s cap (the format allows 100 MB).
 pub const DEFAULT_MAX_HEADER_LEN: u64 = 25_000_000;
@@ -85,14 +80,6 @@ impl Default for RemoteOptions {
     }
 }
 
-/// Which layout the repository had.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RemoteLayout {
-    Files,
-    Sharded { index: String, total_size: Option<u64> },
-    Adapter { lora: Option<LoraConfig> },
-}
-
 /// A weights file read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteFileUsed {
@@ -107,7 +94,7 @@ pub struct RemoteFileUsed {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RemoteSigned {
     pub signature: ModelSignature,
-    pub layout: RemoteLayout,
+    pub layout: Layout,
     /// The weights files, sorted by name.
     pub files: Vec<RemoteFileUsed>,
     /// Body bytes received for this model (headers, ranges, small files).
@@ -118,35 +105,17 @@ pub struct RemoteSigned {
     pub requests: Stats,
 }
 
-/// Why a remote model could not be signed.
+/// Why a remote model could not be signed: the engine's refusal, or what the Hub did.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error(transparent)]
-    Scheme(#[from] signature::SchemeError),
+    Model(#[from] ModelError),
     #[error("{file}: {source}")]
     Hub { file: String, source: HubError },
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    #[error("index names shard {file:?}, which is not in the repository")]
-    MissingShard { file: String },
-    #[error("{file}: {source}")]
-    Index { file: String, source: IndexError },
-    #[error(transparent)]
-    IndexMismatch(#[from] IndexMismatch),
-    #[error("{file}: bad safetensors header: {source}")]
-    Header { file: String, source: HeaderError },
-    #[error("{file}: header of {declared} bytes exceeds the cap of {cap}")]
-    HeaderTooLarge { file: String, declared: u64, cap: u64 },
-    #[error("{file}: {source}")]
-    AdapterConfig { file: String, source: AdapterConfigError },
     #[error("{file}: listed as {listed} bytes but served as {served}")]
     SizeMismatch { file: String, listed: u64, served: u64 },
     #[error("{file}: listed with sha256 {listed} but served {served}")]
     DigestMismatch { file: String, listed: String, served: String },
-    #[error(transparent)]
-    Plan(#[from] SourcePlanError),
-    #[error("{file}: tensor {tensor:?}: {source}")]
-    Tensor { file: String, tensor: String, source: TensorError },
     #[error("the signing task failed: {reason}")]
     Task { reason: String },
 }
@@ -190,29 +159,19 @@ async fn open(
             served: served.to_owned(),
         });
     }
-    let header_err = |source| RemoteError::Header { file: name.to_owned(), source };
-    if resolved.size < 8 {
-        return Err(header_err(HeaderError::FileTooShort { len: resolved.size }));
-    }
-    let first = resolved.size.min(FIRST_HEADER_READ);
-    let head = client.read_range_with(&resolved, 0..first, tally).await.map_err(RemoteError::hub(name))?;
-    let (header, prefix) = match parse_header(&head, Some(resolved.size)) {
-        Ok(header) => (header, head),
-        Err(HeaderError::NeedMoreBytes { needed, .. }) => {
-            let cap = opts.max_header_len.min(MAX_HEADER_LEN);
-            let declared = needed.saturating_sub(8);
-            if declared > cap {
-                return Err(RemoteError::HeaderTooLarge { file: name.to_owned(), declared, cap });
+    let cap = opts.max_header_len.min(MAX_HEADER_LEN);
+    let mut have = BytesMut::new();
+    let header = loop {
+        match read_header(name, resolved.size, cap, &have)? {
+            HeaderStep::Parsed(header) => break header,
+            HeaderStep::Read(range) => {
+                let bytes = client.read_range_with(&resolved, range, tally).await.map_err(RemoteError::hub(name))?;
+                have.extend_from_slice(&bytes);
             }
-            let rest = client.read_range_with(&resolved, first..needed, tally).await.map_err(RemoteError::hub(name))?;
-            let mut all = BytesMut::with_capacity(usize::try_from(needed).unwrap_or(0));
-            all.extend_from_slice(&head);
-            all.extend_from_slice(&rest);
-            // The header filled the first read, so it holds no tensor data worth keeping.
-            (parse_header(&all, Some(resolved.size)).map_err(header_err)?, Bytes::new())
         }
-        Err(e) => return Err(header_err(e)),
     };
+    // What the header reads fetched beyond the header is tensor data: small files' data is served from it.
+    let prefix = if have.len() as u64 > header.data_start { have.freeze() } else { Bytes::new() };
     Ok(Opened { name: name.to_owned(), resolved, header, prefix })
 }
 
@@ -319,9 +278,7 @@ async fn run_plan(
             file: name(read.file),
             source: HubError::Pipeline { reason: "a range answer had the wrong length" },
         }),
-        Ok(Err(RunError::Tensor { file, tensor, source })) => {
-            Err(RemoteError::Tensor { file: name(file), tensor, source })
-        }
+        Ok(Err(RunError::Model(e))) => Err(e.into()),
         Err(e) => Err(RemoteError::Task { reason: e.to_string() }),
     }
 }
@@ -346,7 +303,6 @@ pub async fn sign_remote_model(
     scheme: &Scheme,
     opts: &RemoteOptions,
 ) -> Result<RemoteSigned, RemoteError> {
-    validate_scheme(scheme)?;
     let counters = Counters::default();
     let tally = client.tally(Some(&counters));
     // The model lives in the repository's root, like a local model directory; unsafe names are ignored.
@@ -356,49 +312,22 @@ pub async fn sign_remote_model(
         .map(|f| (f.name.as_str(), f))
         .collect();
     let names: BTreeSet<String> = listed.keys().map(|s| (*s).to_owned()).collect();
-    let mut sign = opts.sign;
-    let mut index = None;
-    let (weights, layout): (Vec<String>, RemoteLayout) = match choose_layout(&names)? {
-        DirLayout::Adapter { config } => {
-            if sign.lora.is_none() && config {
-                let bytes = client
-                    .get_small_file_with(id, commit, ADAPTER_CONFIG_FILE, MAX_ADAPTER_CONFIG_LEN, tally)
-                    .await
-                    .map_err(RemoteError::hub(ADAPTER_CONFIG_FILE))?;
-                let lora = parse_adapter_config(&bytes)
-                    .map_err(|source| RemoteError::AdapterConfig { file: ADAPTER_CONFIG_FILE.to_owned(), source })?;
-                sign.lora = Some(lora);
-            }
-            (vec![ADAPTER_FILE.to_owned()], RemoteLayout::Adapter { lora: sign.lora })
-        }
-        DirLayout::Sharded { index: index_name } => {
-            let bytes = client
-                .get_small_file_with(id, commit, &index_name, MAX_INDEX_LEN as u64, tally)
-                .await
-                .map_err(RemoteError::hub(&index_name))?;
-            let parsed =
-                parse_index(&bytes).map_err(|source| RemoteError::Index { file: index_name.clone(), source })?;
-            let shards: Vec<String> = parsed.files().into_iter().map(str::to_owned).collect();
-            if let Some(missing) = shards.iter().find(|s| !names.contains(*s)) {
-                return Err(RemoteError::MissingShard { file: missing.clone() });
-            }
-            let layout = RemoteLayout::Sharded { index: index_name, total_size: parsed.total_size };
-            index = Some(parsed);
-            (shards, layout)
-        }
-        DirLayout::Files { files } => (files, RemoteLayout::Files),
-    };
+    let mut checkpoint = Checkpoint::new(&names, scheme, &opts.sign)?;
+    while let Need::File { name, cap } = checkpoint.need() {
+        let bytes =
+            client.get_small_file_with(id, commit, &name, cap, tally).await.map_err(RemoteError::hub(&name))?;
+        checkpoint.give_file(&bytes)?;
+    }
     let opened = futures::future::try_join_all(
-        weights.iter().map(|name| open(client, id, commit, name, listed.get(name.as_str()).copied(), opts, tally)),
+        checkpoint
+            .weights()
+            .iter()
+            .map(|name| open(client, id, commit, name, listed.get(name.as_str()).copied(), opts, tally)),
     )
     .await?;
-    if let Some(index) = &index {
-        let shards: Vec<(&str, &[signature::TensorInfo])> =
-            opened.iter().map(|o| (o.name.as_str(), o.header.tensors.as_slice())).collect();
-        check_index(index, &shards)?;
-    }
     let headers: Vec<&Header> = opened.iter().map(|o| &o.header).collect();
-    let plan = SignPlan::new(&headers, scheme, &sign, opts.limits)?;
+    let planned = checkpoint.plan(&headers, opts.limits)?;
+    let (plan, layout) = (planned.plan, planned.layout);
     tracing::debug!(repo = %id, reads = plan.reads().len(), bytes = plan.read_bytes(), "signing remotely");
     let signature = run_plan(client, plan, &opened, opts.prefetch_bytes, tally).await?;
     let mut used: Vec<RemoteFileUsed> = opened

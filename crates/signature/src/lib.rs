@@ -1,4 +1,4 @@
-//! Strict safetensors parsing and per-tensor weight signatures.
+//! Strict safetensors parsing and per-tensor weight signatures: the signing engine.
 //!
 //! A model's weights come in as untrusted bytes; a [`ModelSignature`] goes out. The path in between:
 //!
@@ -11,20 +11,32 @@
 //!   same for the `B·A` update of a LoRA adapter. The hot loops live in `kernel`, dispatched to AVX2 at run
 //!   time and bit-for-bit identical on every CPU.
 //! - [`plan`](mod@plan) decides from the headers alone what a model's signature holds (which tensors are
-//!   dequantised, which LoRA pairs become deltas), for every reader; [`packed`] checks and dequantises the
-//!   packed 4-bit weights of GPTQ and AWQ checkpoints.
-//! - [`reader`] signs local files: [`sign_files`] for one model in one or more safetensors files,
-//!   [`sign_model_dir`] for a directory (single file, sharded with an index, or a PEFT adapter), reading
-//!   through the narrow [`mmap`] wrapper, in parallel over tensors.
+//!   dequantised, which LoRA pairs become deltas); [`packed`] checks and dequantises the packed 4-bit weights
+//!   of GPTQ and AWQ checkpoints.
 //!
-//! - [`source`] signs from any [`ByteSource`] through a [`SignPlan`]: the list of byte ranges a signature
-//!   needs, fed to the same accumulators; the Hub client's ranged reads use it.
+//! The engine around those pieces has two parts, both without IO, and every caller wraps the same two:
+//! - [`checkpoint`]: the orchestrator of "which files make this model". A [`Checkpoint`] chooses the layout
+//!   (adapter, shard index, or every `*.safetensors`), asks its caller for the small files it needs
+//!   (`adapter_config.json`, the index) and for each weights file's header ([`read_header`]), checks the
+//!   index against the headers, and builds the plan. Its refusals are one error type, [`ModelError`].
+//! - [`source`]: the executor. A [`SignPlan`] lists every byte range the signature needs and turns those bytes
+//!   into the [`ModelSignature`], either in parallel over tensors from a [`RandomAccess`] source or in order
+//!   from a streaming [`ByteSource`]; both run each tensor through the same code.
 //!
-//! **Invariant:** no network IO and no SQL here. The only `unsafe` code of the project is the file mapping in
-//! [`mmap`].
+//! [`reader`] is the local caller: [`sign_model_dir`] and [`sign_files`] read through the narrow [`mmap`]
+//! wrapper and run the plan in parallel. The `hub` crate is the remote caller: it reads the same things as
+//! HTTP ranges and streams them into [`SignPlan::run`].
+//!
+//! **Adding a file format** (GGUF, PyTorch `.bin`) means adding a header parser that yields a [`Header`] and
+//! teaching [`checkpoint`] which file names hold it and how its header is read; see the [`checkpoint`] docs.
+//! Neither caller changes.
+//!
+//! **Invariant:** no network IO and no SQL here; the only IO is [`reader`]'s, on local files. The only
+//! `unsafe` code of the project is the file mapping in [`mmap`].
 
 pub mod accumulate;
 pub mod adapter;
+pub mod checkpoint;
 pub mod decode;
 pub mod header;
 pub mod index;
@@ -56,10 +68,9 @@ pub use packed::{
     packed_signature,
 };
 pub use plan::{Job, PlanError, TensorRef, plan};
-pub use reader::{
-    AdapterConfigError, FileError, FileUsed, Layout, ModelDir, SignError, SignOptions, sign_files, sign_model_dir,
+pub use checkpoint::{
+    AdapterConfigError, Checkpoint, FIRST_HEADER_READ, HeaderStep, Layout, ModelError, Need, Planned,
+    parse_adapter_config, read_header,
 };
-pub use source::{
-    ByteSource, DirLayout, IndexMismatch, LayoutError, MappedSource, Read, ReadLimits, RunError, SignPlan,
-    SourcePlanError, check_index, choose_layout, parse_adapter_config,
-};
+pub use reader::{FileUsed, ModelDir, SignError, sign_files, sign_model_dir};
+pub use source::{ByteSource, MappedSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};

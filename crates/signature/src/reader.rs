@@ -1,54 +1,31 @@
 //! Signing models on local disk: one or several safetensors files, a sharded checkpoint with its index, or a
 //! PEFT adapter directory.
 //!
-//! Work happens in two phases. Planning opens and maps every file, parses every header strictly, rejects
-//! duplicate tensor names across shards, checks a shard index against what the shards really hold, and pairs
-//! tensors that are signed together (quantised weights with their scales, LoRA factors). Only then does the
-//! parallel pass run: one rayon task per signed tensor, largest first, each feeding a [`TensorAccumulator`]
-//! from windows of at most [`WINDOW_BYTES`] that are unmapped as soon as they are consumed.
+//! This is the local wrapper of the signing engine: [`sign_model_dir`] lists the directory and drives a
+//! [`Checkpoint`] (which decides the layout and what to read), reading the small files it asks for and each
+//! weights file's header through [`read_header`] on the narrow [`mmap`](crate::mmap) wrapper; then the
+//! [`SignPlan`](crate::SignPlan) runs in parallel over tensors
+//! ([`SignPlan::run_parallel`](crate::SignPlan::run_parallel) on a [`MappedSource`]), each task
+//! mapping windows of at most [`WINDOW_BYTES`] that are unmapped as soon as they are consumed. Nothing here
+//! decides anything about the model; it only does the IO.
 
 use std::collections::BTreeSet;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
-use crate::accumulate::{Scales, SchemeError, TensorAccumulator, TensorError, validate_scheme};
-use crate::adapter::{LoraConfig, TensorBytes, lora_delta_signature};
-use crate::header::{HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
-use crate::index::{IndexError, MAX_INDEX_LEN, ShardIndex, parse_index};
+use crate::checkpoint::{Checkpoint, HeaderStep, Layout, ModelError, Need, read_header};
+use crate::header::{Header, MAX_HEADER_LEN};
 use crate::mmap::MappedFile;
-use crate::model::{ModelSignature, Scheme, TensorSignature};
-use crate::packed::{GptqFormat, PackedError, PackedLayout, PackedTensors, packed_signature};
-use crate::plan::{self, PlanError, TensorRef, plan};
-use crate::source::{self, DirLayout, IndexMismatch, LayoutError};
+use crate::model::{ModelSignature, Scheme};
+use crate::source::{MappedSource, ReadLimits, RunError, SignOptions};
 
 /// Most bytes of tensor data mapped at once per task. Large enough that mapping costs vanish next to the work,
 /// small enough that `threads × window` is a modest resident set.
 pub const WINDOW_BYTES: u64 = 8 << 20;
 
-/// Largest `adapter_config.json` read (real ones are under 2 KiB).
-pub const MAX_ADAPTER_CONFIG_LEN: u64 = 1 << 20;
-
-/// How to sign.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SignOptions {
-    /// How LoRA updates are scaled; `None` scales `B·A` by 1. [`sign_model_dir`] reads it from
-    /// `adapter_config.json` when this is `None`.
-    pub lora: Option<LoraConfig>,
-    /// Sign I8/F8 weights with a `…weight_scale` sibling, and packed 4-bit GPTQ/AWQ modules, from their
-    /// dequantised values.
-    pub dequantize: bool,
-    /// How GPTQ zero points are stored (from `quantization_config.checkpoint_format`, see
-    /// [`GptqFormat::from_quantization_config`]); the default is the v1 format every GPTQ tool writes by default.
-    pub gptq_format: GptqFormat,
-}
-
-impl Default for SignOptions {
-    fn default() -> SignOptions {
-        SignOptions { lora: None, dequantize: true, gptq_format: GptqFormat::V1 }
-    }
-}
+/// The plan's limits for local files: windows of [`WINDOW_BYTES`], no gaps (nothing is coalesced), and no cap
+/// on a single row or small tensor, since a mapping costs no memory until it is touched.
+const LOCAL_LIMITS: ReadLimits = ReadLimits { max_read: WINDOW_BYTES, max_gap: 0, max_whole: u64::MAX };
 
 /// A file a signature was computed from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,259 +34,97 @@ pub struct FileUsed {
     pub len: u64,
 }
 
-/// Which layout [`sign_model_dir`] found.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Layout {
-    /// `*.safetensors` files without an index (usually one `model.safetensors`).
-    Files,
-    /// Shards named by the index file at `index`.
-    Sharded { index: PathBuf, total_size: Option<u64> },
-    /// A PEFT adapter (`adapter_model.safetensors`), with the scaling used.
-    Adapter { lora: Option<LoraConfig> },
-}
-
 /// A signed model directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelDir {
     pub signature: ModelSignature,
-    /// Every file read, with its length, sorted by path.
+    /// Every weights file read, with its length, sorted by path.
     pub files: Vec<FileUsed>,
     pub layout: Layout,
 }
 
-/// What went wrong in one file.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error("cannot open: {0}")]
-    Open(#[source] io::Error),
-    #[error("cannot map: {0}")]
-    Map(#[source] io::Error),
-    #[error("bad safetensors header: {0}")]
-    Header(#[from] HeaderError),
-    #[error("tensor {name:?}: {source}")]
-    Tensor { name: String, source: TensorError },
-}
-
-/// What went wrong reading `adapter_config.json`.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum AdapterConfigError {
-    #[error("file of {len} bytes exceeds the cap of {cap}")]
-    TooLarge { len: u64, cap: u64 },
-    #[error("not valid json: {message}")]
-    Json { message: String },
-    #[error("not a json object")]
-    NotAnObject,
-    #[error("lora_alpha is not a positive finite number")]
-    Alpha,
-    #[error("use_rslora is not a boolean")]
-    Rslora,
-}
-
-/// Why a model could not be signed.
+/// Why a local model could not be signed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
+    /// The engine refused the files of `dir` (named relative to it).
+    #[error("{}: {source}", dir.display())]
+    InDir { dir: PathBuf, source: ModelError },
+    /// The engine refused the files given to [`sign_files`] (named by their paths).
     #[error(transparent)]
-    Scheme(#[from] SchemeError),
-    #[error("no files to sign")]
-    NoFiles,
-    #[error("{}: {source}", path.display())]
-    WithFile { path: PathBuf, source: FileError },
-    #[error("tensor {name:?} appears in both {} and {}", first.display(), second.display())]
-    DuplicateTensor { name: String, first: PathBuf, second: PathBuf },
-    #[error("packed weights of {module:?}: {source}")]
-    Packed { module: String, source: PackedError },
+    Model(#[from] ModelError),
     #[error("cannot list {}: {source}", dir.display())]
     ListDir { dir: PathBuf, source: io::Error },
-    #[error("no safetensors files in {}", dir.display())]
-    NoSafetensors { dir: PathBuf },
-    #[error("{} holds several shard indexes: {found:?}", dir.display())]
-    AmbiguousIndex { dir: PathBuf, found: Vec<String> },
-    #[error("{} holds an adapter and full weights ({other})", dir.display())]
-    AdapterBesideWeights { dir: PathBuf, other: String },
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("{}: {source}", path.display())]
-    Index { path: PathBuf, source: IndexError },
-    #[error("{}: {source}", path.display())]
-    AdapterConfig { path: PathBuf, source: AdapterConfigError },
-    #[error("index names shard {file:?}, which is not in the directory")]
-    MissingShard { file: String },
-    #[error("index maps {tensor:?} to {indexed:?} but it is in {found:?}")]
-    IndexWrongShard { tensor: String, indexed: String, found: String },
-    #[error("index maps {tensor:?} to {indexed:?} but no shard holds it")]
-    IndexedTensorMissing { tensor: String, indexed: String },
-    #[error("tensor {tensor:?} of {file:?} is not in the index")]
-    TensorNotIndexed { tensor: String, file: String },
 }
 
-/// One opened and parsed file.
-struct Opened {
-    path: PathBuf,
-    map: MappedFile,
-    data_start: u64,
-    tensors: Vec<TensorInfo>,
-}
-
-/// A stored tensor: which file, and its header entry.
-#[derive(Clone, Copy)]
-struct Stored<'a> {
-    file: &'a Opened,
-    info: &'a TensorInfo,
-}
-
-/// One unit of the parallel pass.
-enum Job<'a> {
-    Plain { name: String, t: Stored<'a> },
-    Dequant { name: String, t: Stored<'a>, scale: Stored<'a> },
-    Lora { name: String, a: Stored<'a>, b: Stored<'a> },
-    Packed { name: String, layout: PackedLayout, tensors: PackedTensors<Stored<'a>> },
-}
-
-impl Job<'_> {
-    fn cost(&self) -> u64 {
+impl SignError {
+    /// The engine's decision, wherever the files were.
+    pub fn model(&self) -> Option<&ModelError> {
         match self {
-            Job::Plain { t, .. } | Job::Dequant { t, .. } => t.info.byte_len(),
-            // Forming B·A costs `out × r × in` multiply-adds: weigh it like reading that many bytes.
-            Job::Lora { a, b, .. } => b.info.shape.first().copied().unwrap_or(0).saturating_mul(a.info.numel()),
-            // Every element of the dequantised matrix is formed from a nibble: weigh it like its f32 bytes.
-            Job::Packed { layout, .. } => layout.out.saturating_mul(layout.inputs).saturating_mul(4),
+            SignError::InDir { source, .. } | SignError::Model(source) => Some(source),
+            SignError::ListDir { .. } | SignError::Read { .. } => None,
         }
     }
 }
 
-fn open(path: &Path) -> Result<Opened, SignError> {
-    let with = |source| SignError::WithFile { path: path.to_owned(), source };
-    let map = MappedFile::open(path).map_err(|e| with(FileError::Open(e)))?;
-    let head_len = map.len().min(8 + MAX_HEADER_LEN);
-    let head = map.window(0, head_len, false).map_err(|e| with(FileError::Map(e)))?;
-    let header = parse_header(&head, Some(map.len())).map_err(|e| with(e.into()))?;
-    drop(head);
-    Ok(Opened { path: path.to_owned(), map, data_start: header.data_start, tensors: header.tensors })
+/// What [`sign`] reports: the engine's refusals, to be given context by the caller, or IO errors.
+enum Failed {
+    Model(ModelError),
+    Io(SignError),
 }
 
-/// Opens and parses every file.
-fn open_all(paths: &[PathBuf]) -> Result<Vec<Opened>, SignError> {
-    if paths.is_empty() {
-        return Err(SignError::NoFiles);
+impl From<ModelError> for Failed {
+    fn from(e: ModelError) -> Failed {
+        Failed::Model(e)
     }
-    paths.iter().map(|p| open(p)).collect()
 }
 
-/// Resolves the planned jobs to the opened files, or maps a planning error to the files' paths.
-fn plan_jobs<'a>(files: &'a [Opened], opts: &SignOptions) -> Result<Vec<Job<'a>>, SignError> {
-    let headers: Vec<&[TensorInfo]> = files.iter().map(|f| f.tensors.as_slice()).collect();
-    let stored = |r: TensorRef| Stored { file: &files[r.file], info: &files[r.file].tensors[r.tensor] };
-    let jobs = plan(&headers, opts.dequantize).map_err(|e| match e {
-        PlanError::DuplicateTensor { name, first, second } => {
-            SignError::DuplicateTensor { name, first: files[first].path.clone(), second: files[second].path.clone() }
-        }
-        PlanError::Packed { module, source } => SignError::Packed { module, source },
+/// Drives `checkpoint` over local files; `path` turns a name the checkpoint uses into a path.
+fn sign(mut checkpoint: Checkpoint, path: &dyn Fn(&str) -> PathBuf) -> Result<ModelDir, Failed> {
+    while let Need::File { name, cap } = checkpoint.need() {
+        let bytes = read_small(&path(&name), cap).map_err(Failed::Io)?;
+        checkpoint.give_file(&bytes)?;
+    }
+    let paths: Vec<PathBuf> = checkpoint.weights().iter().map(|name| path(name)).collect();
+    let mut maps = Vec::with_capacity(paths.len());
+    let mut headers = Vec::with_capacity(paths.len());
+    for (name, path) in checkpoint.weights().iter().zip(&paths) {
+        let read_err = |source| Failed::Io(SignError::Read { path: path.clone(), source });
+        let map = MappedFile::open(path).map_err(read_err)?;
+        headers.push(header(name, &map).map_err(|e| match e {
+            Ok(model) => Failed::Model(model),
+            Err(io) => read_err(io),
+        })?);
+        maps.push(map);
+    }
+    let refs: Vec<&Header> = headers.iter().collect();
+    let planned = checkpoint.plan(&refs, LOCAL_LIMITS)?;
+    let signature = planned.plan.run_parallel(&MappedSource::new(&maps)).map_err(|e| match e {
+        RunError::Model(e) => Failed::Model(e),
+        RunError::Read { read, source } => Failed::Io(SignError::Read { path: paths[read.file].clone(), source }),
+        RunError::WrongLength { read, got } => Failed::Io(SignError::Read {
+            path: paths[read.file].clone(),
+            source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("mapped {got} of {} bytes", read.len())),
+        }),
     })?;
-    Ok(jobs
-        .into_iter()
-        .map(|job| match job {
-            plan::Job::Stored { name, tensor } => Job::Plain { name, t: stored(tensor) },
-            plan::Job::Dequantized { name, weight, scale } => {
-                Job::Dequant { name, t: stored(weight), scale: stored(scale) }
+    let mut files: Vec<FileUsed> =
+        paths.into_iter().zip(&maps).map(|(path, map)| FileUsed { path, len: map.len() }).collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(ModelDir { signature, files, layout: planned.layout })
+}
+
+/// The header of `map`, read as [`read_header`] asks; `Ok` holds the engine's refusal, `Err` a mapping error.
+fn header(name: &str, map: &MappedFile) -> Result<Header, Result<ModelError, io::Error>> {
+    let mut have = Vec::new();
+    loop {
+        match read_header(name, map.len(), MAX_HEADER_LEN, &have).map_err(Ok)? {
+            HeaderStep::Parsed(header) => return Ok(header),
+            HeaderStep::Read(range) => {
+                have.extend_from_slice(&map.window(range.start, range.end - range.start, false).map_err(Err)?);
             }
-            plan::Job::LoraDelta { name, a, b } => Job::Lora { name, a: stored(a), b: stored(b) },
-            plan::Job::Packed { name, layout, tensors: t } => {
-                let tensors = PackedTensors {
-                    qweight: stored(t.qweight),
-                    qzeros: stored(t.qzeros),
-                    scales: stored(t.scales),
-                    g_idx: t.g_idx.map(stored),
-                };
-                Job::Packed { name, layout, tensors }
-            }
-        })
-        .collect())
-}
-
-fn tensor_error(t: Stored<'_>, source: TensorError) -> SignError {
-    SignError::WithFile { path: t.file.path.clone(), source: FileError::Tensor { name: t.info.name.clone(), source } }
-}
-
-fn map_error(t: Stored<'_>, e: io::Error) -> SignError {
-    SignError::WithFile { path: t.file.path.clone(), source: FileError::Map(e) }
-}
-
-/// Feeds the selected rows of `t` to `acc`, one window at a time.
-fn feed(acc: &mut TensorAccumulator, t: Stored<'_>) -> Result<(), SignError> {
-    let row_bytes = acc.row_bytes();
-    if row_bytes == 0 {
-        return Ok(());
-    }
-    let rows_per_window = (WINDOW_BYTES / row_bytes).max(1);
-    let base = t.file.data_start + t.info.begin;
-    for block in acc.selected_rows().to_vec() {
-        let mut row = block.start;
-        while row < block.end {
-            let rows = rows_per_window.min(block.end - row);
-            let window =
-                t.file.map.window(base + row * row_bytes, rows * row_bytes, false).map_err(|e| map_error(t, e))?;
-            acc.feed_rows(row, &window).map_err(|e| tensor_error(t, e))?;
-            row += rows;
         }
     }
-    Ok(())
-}
-
-/// All the bytes of a tensor, mapped (small tensors: scales and LoRA factors).
-fn whole(t: Stored<'_>) -> Result<crate::mmap::Window, SignError> {
-    t.file.map.window(t.file.data_start + t.info.begin, t.info.byte_len(), false).map_err(|e| map_error(t, e))
-}
-
-fn tensor_bytes<'a>(t: &'a Stored<'_>, bytes: &'a [u8]) -> TensorBytes<'a> {
-    TensorBytes { dtype: t.info.dtype, shape: &t.info.shape, bytes }
-}
-
-fn run(job: &Job<'_>, scheme: &Scheme, opts: &SignOptions) -> Result<TensorSignature, SignError> {
-    match job {
-        Job::Plain { name, t } => {
-            let mut acc =
-                TensorAccumulator::new(scheme, name, t.info.dtype, &t.info.shape).map_err(|e| tensor_error(*t, e))?;
-            feed(&mut acc, *t)?;
-            acc.finish().map_err(|e| tensor_error(*t, e))
-        }
-        Job::Dequant { name, t, scale } => {
-            let scales = Scales::from_tensor(&t.info.shape, scale.info.dtype, &scale.info.shape, &whole(*scale)?)
-                .map_err(|e| tensor_error(*scale, e))?;
-            let mut acc = TensorAccumulator::dequantized(scheme, name, t.info.dtype, &t.info.shape, scales)
-                .map_err(|e| tensor_error(*t, e))?;
-            feed(&mut acc, *t)?;
-            acc.finish().map_err(|e| tensor_error(*t, e))
-        }
-        Job::Lora { name, a, b } => {
-            let (wa, wb) = (whole(*a)?, whole(*b)?);
-            let r = a.info.shape.first().copied().unwrap_or(1);
-            let scaling = opts.lora.map_or(1.0, |l| l.scaling(r));
-            let fa = TensorBytes { dtype: a.info.dtype, shape: &a.info.shape, bytes: &wa };
-            let fb = TensorBytes { dtype: b.info.dtype, shape: &b.info.shape, bytes: &wb };
-            lora_delta_signature(scheme, name, fa, fb, scaling).map_err(|e| tensor_error(*a, e))
-        }
-        Job::Packed { name, layout, tensors: t } => {
-            // Packed words interleave rows of the weight, so the packed tensors are read whole (see `packed`).
-            let (qweight, qzeros, scales) = (whole(t.qweight)?, whole(t.qzeros)?, whole(t.scales)?);
-            let g_idx = t.g_idx.map(whole).transpose()?;
-            let parts = PackedTensors {
-                qweight: tensor_bytes(&t.qweight, &qweight),
-                qzeros: tensor_bytes(&t.qzeros, &qzeros),
-                scales: tensor_bytes(&t.scales, &scales),
-                g_idx: t.g_idx.as_ref().zip(g_idx.as_deref()).map(|(s, b)| tensor_bytes(s, b)),
-            };
-            packed_signature(scheme, name, layout, opts.gptq_format, parts).map_err(|e| tensor_error(t.qweight, e))
-        }
-    }
-}
-
-fn execute(files: &[Opened], scheme: &Scheme, opts: &SignOptions) -> Result<ModelSignature, SignError> {
-    let mut jobs = plan_jobs(files, opts)?;
-    // Largest first, so the biggest tensor does not start last and leave the other threads idle.
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.cost()));
-    let mut tensors = jobs.par_iter().map(|j| run(j, scheme, opts)).collect::<Result<Vec<_>, _>>()?;
-    tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(ModelSignature { scheme: *scheme, tensors })
 }
 
 /// Signs one model stored in `paths` (one or several safetensors files), in the current rayon pool.
@@ -319,12 +134,33 @@ fn execute(files: &[Opened], scheme: &Scheme, opts: &SignOptions) -> Result<Mode
 /// [`SignOptions`]).
 ///
 /// # Errors
-/// [`SignError::WithFile`] for a file that cannot be opened, mapped or parsed, or a tensor that cannot be
-/// signed; [`SignError::DuplicateTensor`]; [`SignError::Scheme`]; [`SignError::NoFiles`].
+/// [`SignError::Read`] for a file that cannot be opened or mapped, [`SignError::Model`] for everything the
+/// engine refuses (files named by their paths).
 pub fn sign_files(paths: &[PathBuf], scheme: &Scheme, opts: &SignOptions) -> Result<ModelSignature, SignError> {
-    validate_scheme(scheme)?;
-    let files = open_all(paths)?;
-    execute(&files, scheme, opts)
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let checkpoint = Checkpoint::of_files(names.clone(), scheme, opts)?;
+    let path = |name: &str| names.iter().position(|n| n == name).map_or_else(|| PathBuf::from(name), |i| paths[i].clone());
+    match sign(checkpoint, &path) {
+        Ok(signed) => Ok(signed.signature),
+        Err(Failed::Model(e)) => Err(SignError::Model(e)),
+        Err(Failed::Io(e)) => Err(e),
+    }
+}
+
+/// Signs the model stored in `dir`, as a [`Checkpoint`] decides: a PEFT adapter (`adapter_model.safetensors`,
+/// scaled by `adapter_config.json` unless `opts.lora` is set), else the shards named by a
+/// `*.safetensors.index.json` (which must match them exactly), else every `*.safetensors` file.
+///
+/// # Errors
+/// [`SignError::ListDir`] and [`SignError::Read`] for IO, [`SignError::InDir`] for everything the engine
+/// refuses.
+pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result<ModelDir, SignError> {
+    let in_dir = |source| SignError::InDir { dir: dir.to_owned(), source };
+    let checkpoint = Checkpoint::new(&list_files(dir)?, scheme, opts).map_err(in_dir)?;
+    sign(checkpoint, &|name| dir.join(name)).map_err(|e| match e {
+        Failed::Model(e) => in_dir(e),
+        Failed::Io(e) => e,
+    })
 }
 
 /// Regular files (following symlinks, as in the Hugging Face cache) directly inside `dir`, by name.
@@ -341,98 +177,23 @@ fn list_files(dir: &Path) -> Result<BTreeSet<String>, SignError> {
     Ok(names)
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Result<Vec<u8>, u64>, SignError> {
+/// At most `cap + 1` bytes of `path`: enough for the engine to refuse a file over its cap without reading it
+/// all.
+fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>, SignError> {
     let read_err = |source| SignError::Read { path: path.to_owned(), source };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > cap {
-        return Ok(Err(len));
-    }
-    std::fs::read(path).map(Ok).map_err(read_err)
-}
-
-/// Reads the LoRA scaling from an (untrusted) `adapter_config.json`. A missing `lora_alpha` takes PEFT's
-/// default of 8; `r` is not needed, each module's rank is read from its factors (which also honours PEFT's
-/// `rank_pattern`). `alpha_pattern` is not applied.
-fn read_adapter_config(path: &Path) -> Result<LoraConfig, SignError> {
-    let err = |source| SignError::AdapterConfig { path: path.to_owned(), source };
-    let bytes = read_capped(path, MAX_ADAPTER_CONFIG_LEN)?
-        .map_err(|len| err(AdapterConfigError::TooLarge { len, cap: MAX_ADAPTER_CONFIG_LEN }))?;
-    source::parse_adapter_config(&bytes).map_err(err)
-}
-
-/// Checks that `index` names exactly the tensors found, each in the shard that holds it.
-fn check_index(index: &ShardIndex, files: &[Opened], names: &[&str]) -> Result<(), SignError> {
-    let shards: Vec<(&str, &[TensorInfo])> =
-        names.iter().zip(files).map(|(&name, file)| (name, file.tensors.as_slice())).collect();
-    source::check_index(index, &shards).map_err(|mismatch| match mismatch {
-        IndexMismatch::WrongShard { tensor, indexed, found } => SignError::IndexWrongShard { tensor, indexed, found },
-        IndexMismatch::IndexedTensorMissing { tensor, indexed } => SignError::IndexedTensorMissing { tensor, indexed },
-        IndexMismatch::TensorNotIndexed { tensor, file } => SignError::TensorNotIndexed { tensor, file },
-    })
-}
-
-/// Signs the model stored in `dir`: a PEFT adapter (`adapter_model.safetensors`, scaled by
-/// `adapter_config.json` unless `opts.lora` is set), else the shards named by a `*.safetensors.index.json`
-/// (which must match them exactly), else every `*.safetensors` file.
-///
-/// # Errors
-/// Everything [`sign_files`] reports, plus directory, index and adapter-config errors of [`SignError`].
-pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result<ModelDir, SignError> {
-    validate_scheme(scheme)?;
-    let names = list_files(dir)?;
-    let layout = source::choose_layout(&names).map_err(|e| match e {
-        LayoutError::AdapterBesideWeights { other } => SignError::AdapterBesideWeights { dir: dir.to_owned(), other },
-        LayoutError::AmbiguousIndex { found } => SignError::AmbiguousIndex { dir: dir.to_owned(), found },
-        LayoutError::NoSafetensors => SignError::NoSafetensors { dir: dir.to_owned() },
-    })?;
-    let used = |files: &[Opened]| {
-        let mut used: Vec<FileUsed> =
-            files.iter().map(|f| FileUsed { path: f.path.clone(), len: f.map.len() }).collect();
-        used.sort_by(|a, b| a.path.cmp(&b.path));
-        used
-    };
-
-    match layout {
-        DirLayout::Adapter { config } => {
-            let lora = match opts.lora {
-                Some(l) => Some(l),
-                None if config => Some(read_adapter_config(&dir.join(source::ADAPTER_CONFIG_FILE))?),
-                None => None,
-            };
-            let files = open_all(&[dir.join(source::ADAPTER_FILE)])?;
-            let signature = execute(&files, scheme, &SignOptions { lora, ..*opts })?;
-            Ok(ModelDir { signature, files: used(&files), layout: Layout::Adapter { lora } })
-        }
-        DirLayout::Sharded { index: index_name } => {
-            let path = dir.join(&index_name);
-            let bytes = read_capped(&path, MAX_INDEX_LEN as u64)?.map_err(|len| SignError::Index {
-                path: path.clone(),
-                source: IndexError::TooLarge { len: usize::try_from(len).unwrap_or(usize::MAX), cap: MAX_INDEX_LEN },
-            })?;
-            let index = parse_index(&bytes).map_err(|source| SignError::Index { path: path.clone(), source })?;
-            let shards: Vec<&str> = index.files().into_iter().collect();
-            if let Some(missing) = shards.iter().find(|s| !names.contains(**s)) {
-                return Err(SignError::MissingShard { file: (*missing).to_owned() });
-            }
-            let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
-            let files = open_all(&paths)?;
-            check_index(&index, &files, &shards)?;
-            let signature = execute(&files, scheme, opts)?;
-            let layout = Layout::Sharded { index: path, total_size: index.total_size };
-            Ok(ModelDir { signature, files: used(&files), layout })
-        }
-        DirLayout::Files { files: names } => {
-            let paths: Vec<PathBuf> = names.iter().map(|s| dir.join(s)).collect();
-            let files = open_all(&paths)?;
-            let signature = execute(&files, scheme, opts)?;
-            Ok(ModelDir { signature, files: used(&files), layout: Layout::Files })
-        }
-    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(cap.saturating_add(1)).read_to_end(&mut bytes)).map_err(read_err)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accumulate::TensorAccumulator;
+    use crate::adapter::LoraConfig;
+    use crate::checkpoint::{AdapterConfigError, MAX_ADAPTER_CONFIG_LEN};
+    use crate::header::HeaderError;
+    use crate::index::IndexError;
     use crate::corpus::{
         Tensor, bf16_bytes, cases, f32_bytes, pack_int4, packed_case_file, packed_cases, safetensors_file, values,
     };
@@ -502,14 +263,15 @@ mod tests {
         let sharded = sign_files(&[a.clone(), b], &Scheme::default(), &opts).expect("shards");
         assert_eq!(whole, sharded);
         match sign_files(&[a.clone(), one.clone()], &Scheme::default(), &opts) {
-            Err(SignError::DuplicateTensor { name, first, second }) => {
+            Err(SignError::Model(ModelError::DuplicateTensor { name, first, second })) => {
+                let (a, one) = (a.display().to_string(), one.display().to_string());
                 assert_eq!((name.as_str(), first, second), ("model.embed_tokens.weight", a, one));
             }
             other => panic!("expected a duplicate, got {other:?}"),
         }
-        assert!(matches!(sign_files(&[], &Scheme::default(), &opts), Err(SignError::NoFiles)));
+        assert!(matches!(sign_files(&[], &Scheme::default(), &opts), Err(SignError::Model(ModelError::NoFiles))));
         let bad_scheme = Scheme { row_fraction: 2.0, ..Scheme::default() };
-        assert!(matches!(sign_files(&[whole_path(&dir)], &bad_scheme, &opts), Err(SignError::Scheme(_))));
+        assert!(matches!(sign_files(&[whole_path(&dir)], &bad_scheme, &opts), Err(SignError::Model(ModelError::Scheme(_)))));
     }
 
     fn whole_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -525,8 +287,8 @@ mod tests {
                 sign_files(std::slice::from_ref(&path), &Scheme::default(), &SignOptions::default())
             });
             match got {
-                Ok(Err(SignError::WithFile { path: p, source: FileError::Header(e) })) => {
-                    assert_eq!(p, path);
+                Ok(Err(SignError::Model(ModelError::Header { file, source: e }))) => {
+                    assert_eq!(file, path.display().to_string());
                     assert_eq!(
                         std::mem::discriminant(&e),
                         std::mem::discriminant(&case.expected),
@@ -541,7 +303,7 @@ mod tests {
         let missing = dir.path().join("missing.safetensors");
         assert!(matches!(
             sign_files(&[missing], &Scheme::default(), &SignOptions::default()),
-            Err(SignError::WithFile { source: FileError::Open(_), .. })
+            Err(SignError::Read { .. })
         ));
     }
 
@@ -554,7 +316,7 @@ mod tests {
                 sign_files(std::slice::from_ref(&path), &Scheme::default(), &SignOptions::default())
             });
             match got {
-                Ok(Err(SignError::Packed { module, source })) => {
+                Ok(Err(SignError::Model(ModelError::Packed { module, source }))) => {
                     assert_eq!((module.as_str(), &source), ("m", &case.expected), "case {:?}", case.name);
                 }
                 Ok(other) => panic!("case {:?}: expected a packed error, got {other:?}", case.name),
@@ -690,7 +452,9 @@ mod tests {
         let check = |config: &str, expected: AdapterConfigError| {
             let dir = adapter_dir(Some(config));
             match sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()) {
-                Err(SignError::AdapterConfig { source, .. }) => assert_eq!(source, expected, "{config}"),
+                Err(SignError::InDir { source: ModelError::AdapterConfig { source, .. }, .. }) => {
+                    assert_eq!(source, expected, "{config}");
+                }
                 other => panic!("{config}: expected a config error, got {other:?}"),
             }
         };
@@ -702,7 +466,7 @@ mod tests {
         let dir = adapter_dir(Some(&deep));
         assert!(matches!(
             sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
-            Err(SignError::AdapterConfig { source: AdapterConfigError::Json { .. }, .. })
+            Err(SignError::InDir { source: ModelError::AdapterConfig { source: AdapterConfigError::Json { .. }, .. }, .. })
         ));
         let big = " ".repeat(MAX_ADAPTER_CONFIG_LEN as usize + 1);
         check(&big, AdapterConfigError::TooLarge { len: MAX_ADAPTER_CONFIG_LEN + 1, cap: MAX_ADAPTER_CONFIG_LEN });
@@ -714,7 +478,7 @@ mod tests {
         write(dir.path(), "model.safetensors", &safetensors_file(&small_model()));
         assert!(matches!(
             sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
-            Err(SignError::AdapterBesideWeights { .. })
+            Err(SignError::InDir { source: ModelError::AdapterBesideWeights { .. }, .. })
         ));
     }
 
@@ -754,7 +518,7 @@ mod tests {
         assert_eq!(expected.layout, Layout::Files);
         assert_eq!(
             got.layout,
-            Layout::Sharded { index: dir.path().join("model.safetensors.index.json"), total_size: Some(3392) }
+            Layout::Sharded { index: "model.safetensors.index.json".into(), total_size: Some(3392) }
         );
         let files: Vec<_> = got.files.iter().map(|f| f.path.file_name().and_then(|n| n.to_str())).collect();
         assert_eq!(files, [Some(S1), Some(S2)]);
@@ -768,35 +532,35 @@ mod tests {
         };
         let mut wrong = GOOD;
         wrong[3].1 = S1;
-        assert!(matches!(run(&wrong), Err(SignError::IndexWrongShard { tensor, .. }) if tensor == "model.norm.weight"));
+        assert!(matches!(run(&wrong), Err(SignError::InDir { source: ModelError::IndexWrongShard { tensor, .. }, .. }) if tensor == "model.norm.weight"));
         let mut extra = GOOD.to_vec();
         extra.push(("lm_head.weight", S2));
         assert!(
-            matches!(run(&extra), Err(SignError::IndexedTensorMissing { tensor, .. }) if tensor == "lm_head.weight")
+            matches!(run(&extra), Err(SignError::InDir { source: ModelError::IndexedTensorMissing { tensor, .. }, .. }) if tensor == "lm_head.weight")
         );
         assert!(
-            matches!(run(&GOOD[..3]), Err(SignError::TensorNotIndexed { tensor, .. }) if tensor == "model.norm.weight")
+            matches!(run(&GOOD[..3]), Err(SignError::InDir { source: ModelError::TensorNotIndexed { tensor, .. }, .. }) if tensor == "model.norm.weight")
         );
         let mut missing = GOOD;
         missing[3].1 = "model-00003-of-00003.safetensors";
         assert!(
-            matches!(run(&missing), Err(SignError::MissingShard { file }) if file == "model-00003-of-00003.safetensors")
+            matches!(run(&missing), Err(SignError::InDir { source: ModelError::MissingShard { file }, .. }) if file == "model-00003-of-00003.safetensors")
         );
         let mut escape = GOOD;
         escape[3].1 = "../model.safetensors";
-        assert!(matches!(run(&escape), Err(SignError::Index { source: IndexError::ShardNameHasSeparator { .. }, .. })));
+        assert!(matches!(run(&escape), Err(SignError::InDir { source: ModelError::Index { source: IndexError::ShardNameHasSeparator { .. }, .. }, .. })));
         // Two indexes, or none and no weights.
         let dir = sharded_dir(&index(&GOOD));
         write(dir.path(), "other.safetensors.index.json", index(&GOOD).as_bytes());
         assert!(matches!(
             sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
-            Err(SignError::AmbiguousIndex { .. })
+            Err(SignError::InDir { source: ModelError::AmbiguousIndex { .. }, .. })
         ));
         let empty = tempfile::tempdir().expect("temp dir");
         write(empty.path(), "pytorch_model.bin", b"not read");
         assert!(matches!(
             sign_model_dir(empty.path(), &Scheme::default(), &SignOptions::default()),
-            Err(SignError::NoSafetensors { .. })
+            Err(SignError::InDir { source: ModelError::NoSafetensors, .. })
         ));
         assert!(matches!(
             sign_model_dir(&empty.path().join("nope"), &Scheme::default(), &SignOptions::default()),
@@ -806,10 +570,10 @@ mod tests {
 
     #[test]
     fn errors_read_well() {
-        let e = SignError::WithFile {
-            path: PathBuf::from("/m/model.safetensors"),
-            source: FileError::Header(HeaderError::EmptyHeader),
+        let e = SignError::InDir {
+            dir: PathBuf::from("/m"),
+            source: ModelError::Header { file: "model.safetensors".into(), source: HeaderError::EmptyHeader },
         };
-        assert_eq!(e.to_string(), "/m/model.safetensors: bad safetensors header: declared header length is zero");
+        assert_eq!(e.to_string(), "/m: model.safetensors: bad safetensors header: declared header length is zero");
     }
 }

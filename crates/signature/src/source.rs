@@ -1,41 +1,69 @@
-//! Signing a model from any source of bytes: a mapped file, an HTTP range reader, anything that can hand out a
-//! byte range of a file.
+//! The signing engine's executor: a [`SignPlan`] turns parsed headers into the byte ranges a signature needs,
+//! and runs on any source of those bytes.
 //!
-//! [`SignPlan`] is built from the parsed headers alone. It runs [`plan`](crate::plan::plan) to decide what the
-//! signature holds, then lists every byte range the signature needs, in the order they are consumed: the
-//! selected row blocks of each tensor ([`selected_row_blocks`]), a quantised weight's scale tensor before its
-//! rows, a LoRA pair's two factors, a packed 4-bit module's whole packed tensors. Adjacent ranges of one file are merged into [`Read`]s of at most
-//! [`ReadLimits::max_read`] bytes (ranges separated by at most [`ReadLimits::max_gap`] bytes are merged too,
-//! the gap read and dropped), so a network reader issues few, bounded requests. [`SignPlan::run`] then pulls
-//! those reads, in order, from a [`ByteSource`] and feeds the same [`TensorAccumulator`]s, scales and
-//! [`lora_delta_signature`] the mmap reader uses. The accumulator's result does not depend on how rows are
-//! split into pieces, so every source gives the signature [`crate::sign_files`] gives, bit for bit.
+//! [`SignPlan::new`] is built from the headers alone (format-independent: it sees tensor names, dtypes,
+//! shapes and byte offsets). It runs [`plan`](crate::plan::plan) to decide what the signature holds, then
+//! lists every byte range each signed tensor needs, in the order they are consumed: the selected row blocks
+//! of a tensor ([`selected_row_blocks`]) in pieces of at most [`ReadLimits::max_read`] bytes, a quantised
+//! weight's scale tensor before its rows, a LoRA pair's two factors, a packed 4-bit module's whole packed
+//! tensors.
 //!
-//! Jobs run one after another, ordered by where their tensor lies in its file, so memory holds one read and
-//! one accumulator at a time; a source that prefetches knows the whole list up front ([`SignPlan::reads`]).
+//! Two drivers pull those bytes, and both hand them to the one per-tensor executor (`JobRun`: build the
+//! [`TensorAccumulator`], scales, [`lora_delta_signature`] or [`packed_signature`], feed it, finish it), so
+//! there is one piece of code from a plan plus bytes to a [`ModelSignature`]:
+//! - [`SignPlan::run_parallel`] over a [`RandomAccess`] source (mapped local files, [`MappedSource`]): one
+//!   rayon task per signed tensor, largest first, each reading its own pieces and dropping them as they are
+//!   consumed.
+//! - [`SignPlan::run`] over a streaming [`ByteSource`] (HTTP ranges): adjacent pieces of one file are merged
+//!   into [`Read`]s of at most [`ReadLimits::max_read`] bytes (pieces separated by at most
+//!   [`ReadLimits::max_gap`] bytes are merged too, the gap read and dropped), pulled in order, so a network
+//!   reader issues few, bounded requests and knows the whole list up front ([`SignPlan::reads`]). Jobs run
+//!   one after another in file order, so memory holds one read and one accumulator at a time.
 //!
-//! The module also holds the sans-IO pieces of [`crate::sign_model_dir`] a remote reader needs to make the
-//! same decisions from a file listing: [`choose_layout`], [`check_index`] and [`parse_adapter_config`].
+//! The accumulator's result does not depend on how rows are split into pieces, so both drivers, with any
+//! limits, give the same signature bit for bit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::io;
 use std::ops::{Deref, Range};
 
-use crate::accumulate::{Scales, SchemeError, TensorAccumulator, TensorError, validate_scheme};
+use rayon::prelude::*;
+
+use crate::accumulate::{Scales, TensorAccumulator, TensorError};
 use crate::adapter::{LoraConfig, TensorBytes, lora_delta_signature};
+use crate::checkpoint::ModelError;
 use crate::header::{Header, TensorInfo};
-use crate::index::ShardIndex;
 use crate::layout::{RowLayout, selected_row_blocks};
 use crate::mmap::{MappedFile, Window};
 use crate::model::{ModelSignature, Scheme, TensorSignature};
 use crate::packed::{GptqFormat, PackedLayout, PackedTensors, packed_signature};
 use crate::plan::{self, PlanError, TensorRef};
-use crate::reader::{AdapterConfigError, MAX_ADAPTER_CONFIG_LEN, SignOptions};
+
+/// How to sign.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SignOptions {
+    /// How LoRA updates are scaled; `None` scales `B·A` by 1. A [`crate::Checkpoint`] reads it from
+    /// `adapter_config.json` when this is `None`.
+    pub lora: Option<LoraConfig>,
+    /// Sign I8/F8 weights with a `…weight_scale` sibling, and packed 4-bit GPTQ/AWQ modules, from their
+    /// dequantised values.
+    pub dequantize: bool,
+    /// How GPTQ zero points are stored (from `quantization_config.checkpoint_format`, see
+    /// [`GptqFormat::from_quantization_config`]); the default is the v1 format every GPTQ tool writes by default.
+    pub gptq_format: GptqFormat,
+}
+
+impl Default for SignOptions {
+    fn default() -> SignOptions {
+        SignOptions { lora: None, dequantize: true, gptq_format: GptqFormat::V1 }
+    }
+}
 
 /// One byte range of one of the files a plan was built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Read {
-    /// Index into the headers given to [`SignPlan::new`].
+    /// Index into the files given to [`SignPlan::new`].
     pub file: usize,
     /// Absolute byte offsets in that file, end exclusive.
     pub range: Range<u64>,
@@ -51,7 +79,7 @@ impl Read {
     }
 }
 
-/// Something that hands out byte ranges of a model's files.
+/// A stream of byte ranges of a model's files, read in the order of [`SignPlan::reads`].
 pub trait ByteSource {
     type Buf: Deref<Target = [u8]>;
     type Error: std::error::Error + Send + Sync + 'static;
@@ -62,6 +90,18 @@ pub trait ByteSource {
     /// # Errors
     /// Whatever stops the source from delivering the bytes.
     fn read(&mut self, read: &Read) -> Result<Self::Buf, Self::Error>;
+}
+
+/// Byte ranges of a model's files, read in any order from several threads at once.
+pub trait RandomAccess: Sync {
+    type Buf: Deref<Target = [u8]>;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Exactly the bytes of `read`; [`SignPlan::run_parallel`] checks the length of what it gets.
+    ///
+    /// # Errors
+    /// Whatever stops the source from delivering the bytes.
+    fn read_at(&self, read: &Read) -> Result<Self::Buf, Self::Error>;
 }
 
 /// Bounds on the reads of a plan.
@@ -89,28 +129,15 @@ impl Default for ReadLimits {
     }
 }
 
-/// Why a plan cannot be built.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SourcePlanError {
-    #[error(transparent)]
-    Scheme(#[from] SchemeError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("file {file}, tensor {tensor:?}: shape {shape:?} overflows 64 bits")]
-    ShapeOverflow { file: usize, tensor: String, shape: Vec<u64> },
-    #[error("file {file}, tensor {tensor:?}: a piece of {len} bytes exceeds the cap of {cap}")]
-    PieceTooLarge { file: usize, tensor: String, len: u64, cap: u64 },
-}
-
-/// Why running a plan failed.
+/// Why running a plan failed: the source, or the bytes it gave.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError<E: std::error::Error + 'static> {
     #[error("reading bytes {}..{} of file {}: {source}", read.range.start, read.range.end, read.file)]
     Read { read: Read, source: E },
     #[error("read of bytes {}..{} of file {} returned {got} bytes", read.range.start, read.range.end, read.file)]
     WrongLength { read: Read, got: u64 },
-    #[error("file {file}, tensor {tensor:?}: {source}")]
-    Tensor { file: usize, tensor: String, source: TensorError },
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 /// A stored tensor: its file and header entry.
@@ -145,6 +172,17 @@ impl Work {
             Work::Packed { tensors, .. } => &tensors.qweight,
         }
     }
+
+    /// Roughly how long the job takes, to start the longest first when running in parallel.
+    fn cost(&self) -> u64 {
+        match self {
+            Work::Plain { t, .. } | Work::Dequant { t, .. } => t.info.byte_len(),
+            // Forming B·A costs `out × r × in` multiply-adds: weigh it like reading that many bytes.
+            Work::Lora { a, b, .. } => b.info.shape.first().copied().unwrap_or(0).saturating_mul(a.info.numel()),
+            // Every element of the dequantised matrix is formed from a nibble: weigh it like its f32 bytes.
+            Work::Packed { layout, .. } => layout.out.saturating_mul(layout.inputs).saturating_mul(4),
+        }
+    }
 }
 
 /// What a piece of a read is for.
@@ -160,6 +198,7 @@ enum Use {
 #[derive(Clone, Debug)]
 struct Piece {
     job: usize,
+    file: usize,
     range: Range<u64>,
     usage: Use,
 }
@@ -176,34 +215,48 @@ pub struct SignPlan {
     scheme: Scheme,
     lora: Option<LoraConfig>,
     gptq: GptqFormat,
+    /// The files' names, for errors.
+    names: Vec<String>,
     jobs: Vec<Work>,
+    /// Every piece, grouped by job in job order.
     pieces: Vec<Piece>,
+    /// Each job's pieces.
+    job_pieces: Vec<Range<usize>>,
     fetches: Vec<Fetch>,
     reads: Vec<Read>,
 }
 
 impl SignPlan {
-    /// Plans the signature of the model stored in the files with these `headers` (in the order the reads will
-    /// name them). `opts` decide dequantisation, the GPTQ zero-point format and the LoRA scaling, as for
-    /// [`crate::sign_files`].
+    /// Plans the signature of the model stored in the files `names` with these `headers` (same order, the
+    /// order [`Read::file`] indexes). `opts` decide dequantisation, the GPTQ zero-point format and the LoRA
+    /// scaling.
     ///
     /// # Errors
-    /// [`SourcePlanError::Scheme`], [`SourcePlanError::Plan`] for duplicate tensors, and the size checks of
+    /// [`ModelError::Scheme`], [`ModelError::DuplicateTensor`], [`ModelError::Packed`], and the size checks of
     /// [`ReadLimits::max_whole`].
     pub fn new(
+        names: &[String],
         headers: &[&Header],
         scheme: &Scheme,
         opts: &SignOptions,
         limits: ReadLimits,
-    ) -> Result<SignPlan, SourcePlanError> {
-        validate_scheme(scheme)?;
+    ) -> Result<SignPlan, ModelError> {
+        crate::accumulate::validate_scheme(scheme)?;
+        let names: Vec<String> =
+            (0..headers.len()).map(|i| names.get(i).cloned().unwrap_or_else(|| format!("file {i}"))).collect();
         let tensors: Vec<&[TensorInfo]> = headers.iter().map(|h| h.tensors.as_slice()).collect();
         let stored = |r: TensorRef| Stored {
             file: r.file,
             data_start: headers[r.file].data_start,
             info: headers[r.file].tensors[r.tensor].clone(),
         };
-        let mut jobs: Vec<Work> = plan::plan(&tensors, opts.dequantize)?
+        let planned = plan::plan(&tensors, opts.dequantize).map_err(|e| match e {
+            PlanError::DuplicateTensor { name, first, second } => {
+                ModelError::DuplicateTensor { name, first: names[first].clone(), second: names[second].clone() }
+            }
+            PlanError::Packed { module, source } => ModelError::Packed { module, source },
+        })?;
+        let mut jobs: Vec<Work> = planned
             .into_iter()
             .map(|job| match job {
                 plan::Job::Stored { name, tensor } => Work::Plain { name, t: stored(tensor) },
@@ -228,16 +281,19 @@ impl SignPlan {
             (p.file, p.info.begin, p.info.end)
         });
         let mut pieces = Vec::new();
+        let mut job_pieces = Vec::with_capacity(jobs.len());
         for (j, work) in jobs.iter().enumerate() {
+            let first = pieces.len();
+            let mut add = Pieces { pieces: &mut pieces, job: j, names: &names, limits };
             match work {
-                Work::Plain { name, t } => row_pieces(&mut pieces, j, name, t, scheme, limits)?,
+                Work::Plain { name, t } => add.rows(name, t, scheme)?,
                 Work::Dequant { name, t, scale } => {
-                    whole_piece(&mut pieces, j, 0, scale, limits)?;
-                    row_pieces(&mut pieces, j, name, t, scheme, limits)?;
+                    add.whole(0, scale)?;
+                    add.rows(name, t, scheme)?;
                 }
                 Work::Lora { a, b, .. } => {
-                    whole_piece(&mut pieces, j, 0, a, limits)?;
-                    whole_piece(&mut pieces, j, 1, b, limits)?;
+                    add.whole(0, a)?;
+                    add.whole(1, b)?;
                 }
                 // Packed words interleave the weight's rows: the packed tensors are read whole (see `packed`).
                 Work::Packed { tensors: t, .. } => {
@@ -245,16 +301,26 @@ impl SignPlan {
                         [Some(&t.qweight), Some(&t.qzeros), Some(&t.scales), t.g_idx.as_ref()].into_iter().enumerate()
                     {
                         if let Some(part) = part {
-                            whole_piece(&mut pieces, j, slot, part, limits)?;
+                            add.whole(slot, part)?;
                         }
                     }
                 }
             }
+            job_pieces.push(first..pieces.len());
         }
-        let file_of = |p: &Piece| jobs[p.job].file_of(p.usage);
-        let fetches = coalesce(&pieces, file_of, limits);
+        let fetches = coalesce(&pieces, limits);
         let reads = fetches.iter().map(|f| f.read.clone()).collect();
-        Ok(SignPlan { scheme: *scheme, lora: opts.lora, gptq: opts.gptq_format, jobs, pieces, fetches, reads })
+        Ok(SignPlan {
+            scheme: *scheme,
+            lora: opts.lora,
+            gptq: opts.gptq_format,
+            names,
+            jobs,
+            pieces,
+            job_pieces,
+            fetches,
+            reads,
+        })
     }
 
     /// The reads [`SignPlan::run`] will make, in order.
@@ -262,7 +328,7 @@ impl SignPlan {
         &self.reads
     }
 
-    /// Bytes read in total (gaps included).
+    /// Bytes [`SignPlan::run`] reads in total (gaps included).
     pub fn read_bytes(&self) -> u64 {
         self.reads.iter().map(Read::len).sum()
     }
@@ -272,124 +338,151 @@ impl SignPlan {
         self.jobs.len()
     }
 
-    /// Pulls every read from `source`, in order, and returns the model's signature.
+    /// The name of file `file`, as given to [`SignPlan::new`].
+    pub fn file_name(&self, file: usize) -> &str {
+        self.names.get(file).map_or("", String::as_str)
+    }
+
+    /// Pulls every read of [`SignPlan::reads`] from `source`, in order, and returns the model's signature.
     ///
     /// # Errors
     /// [`RunError::Read`] when the source fails, [`RunError::WrongLength`] when it returns the wrong number of
-    /// bytes, [`RunError::Tensor`] when a tensor's bytes cannot be signed.
+    /// bytes, [`RunError::Model`] when a tensor's bytes cannot be signed.
     pub fn run<S: ByteSource>(&self, source: &mut S) -> Result<ModelSignature, RunError<S::Error>> {
-        let mut runner = Runner { plan: self, next_job: 0, active: None, done: Vec::with_capacity(self.jobs.len()) };
+        let mut in_order = InOrder { plan: self, next_job: 0, active: None, done: Vec::with_capacity(self.jobs.len()) };
         for fetch in &self.fetches {
-            let buf = source.read(&fetch.read).map_err(|source| RunError::Read { read: fetch.read.clone(), source })?;
-            if buf.len() as u64 != fetch.read.len() {
-                return Err(RunError::WrongLength { read: fetch.read.clone(), got: buf.len() as u64 });
-            }
+            let buf = checked(&fetch.read, source.read(&fetch.read))?;
             for piece in &self.pieces[fetch.pieces.clone()] {
                 let start = (piece.range.start - fetch.read.range.start) as usize;
                 let end = (piece.range.end - fetch.read.range.start) as usize;
-                // In bounds: coalesce() puts each piece inside its read, and the length was checked above.
+                // In bounds: coalesce() puts each piece inside its read, and the length was checked.
                 let bytes = buf.get(start..end).unwrap_or_default();
-                runner.advance_to(piece.job)?;
-                runner.apply(piece.usage, bytes)?;
+                if let Some(run) = in_order.advance_to(piece.job)? {
+                    run.apply(piece.usage, bytes)?;
+                }
             }
         }
-        runner.advance_to(self.jobs.len())?;
-        let mut tensors = runner.done;
+        in_order.advance_to(self.jobs.len())?;
+        Ok(self.assemble(in_order.done))
+    }
+
+    /// Runs the jobs in parallel on the current rayon pool, largest first, each reading its own pieces from
+    /// `source`, and returns the model's signature.
+    ///
+    /// # Errors
+    /// As [`SignPlan::run`].
+    pub fn run_parallel<S: RandomAccess>(&self, source: &S) -> Result<ModelSignature, RunError<S::Error>> {
+        let mut order: Vec<usize> = (0..self.jobs.len()).collect();
+        // Largest first, so the biggest tensor does not start last and leave the other threads idle.
+        order.sort_by_key(|&j| Reverse(self.jobs[j].cost()));
+        let tensors = order
+            .par_iter()
+            .map(|&job| -> Result<TensorSignature, RunError<S::Error>> {
+                let mut run = JobRun::start(self, job)?;
+                for piece in &self.pieces[self.job_pieces[job].clone()] {
+                    let read = Read { file: piece.file, range: piece.range.clone() };
+                    let buf = checked(&read, source.read_at(&read))?;
+                    run.apply(piece.usage, &buf)?;
+                }
+                Ok(run.finish()?)
+            })
+            .collect::<Result<Vec<_>, RunError<S::Error>>>()?;
+        Ok(self.assemble(tensors))
+    }
+
+    /// The model's signature from every job's tensor signature.
+    fn assemble(&self, mut tensors: Vec<TensorSignature>) -> ModelSignature {
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(ModelSignature { scheme: self.scheme, tensors })
+        ModelSignature { scheme: self.scheme, tensors }
+    }
+
+    fn tensor_error(&self, t: &Stored, source: TensorError) -> ModelError {
+        ModelError::Tensor { file: self.file_name(t.file).to_owned(), tensor: t.info.name.clone(), source }
     }
 }
 
-impl Work {
-    fn file_of(&self, usage: Use) -> usize {
-        match (self, usage) {
-            (Work::Dequant { scale, .. }, Use::Whole { .. }) => scale.file,
-            (Work::Lora { b, .. }, Use::Whole { slot: 1 }) => b.file,
-            (Work::Packed { tensors: t, .. }, Use::Whole { slot: 1 }) => t.qzeros.file,
-            (Work::Packed { tensors: t, .. }, Use::Whole { slot: 2 }) => t.scales.file,
-            (Work::Packed { tensors: t, .. }, Use::Whole { slot: 3 }) => {
-                t.g_idx.as_ref().map_or(t.qweight.file, |g| g.file)
-            }
-            _ => self.primary().file,
-        }
+/// A source's answer to `read`, refused unless it has exactly the bytes asked for.
+fn checked<B: Deref<Target = [u8]>, E: std::error::Error>(read: &Read, got: Result<B, E>) -> Result<B, RunError<E>> {
+    let buf = got.map_err(|source| RunError::Read { read: read.clone(), source })?;
+    if buf.len() as u64 != read.len() {
+        return Err(RunError::WrongLength { read: read.clone(), got: buf.len() as u64 });
     }
+    Ok(buf)
 }
 
-/// The pieces that feed the selected rows of `t`, each at most `max_read` bytes (but at least one row).
-fn row_pieces(
-    pieces: &mut Vec<Piece>,
+/// Adds one job's pieces to the plan.
+struct Pieces<'a> {
+    pieces: &'a mut Vec<Piece>,
     job: usize,
-    name: &str,
-    t: &Stored,
-    scheme: &Scheme,
+    names: &'a [String],
     limits: ReadLimits,
-) -> Result<(), SourcePlanError> {
-    let overflow =
-        || SourcePlanError::ShapeOverflow { file: t.file, tensor: t.info.name.clone(), shape: t.info.shape.clone() };
-    let layout = RowLayout::of(&t.info.shape).ok_or_else(overflow)?;
-    if layout.numel() == 0 {
-        // An empty tensor has no bytes to feed (TensorAccumulator selects no rows for it either).
-        return Ok(());
-    }
-    let row_bytes = layout.row_len.checked_mul(t.info.dtype.size()).ok_or_else(overflow)?;
-    if row_bytes > limits.max_whole {
-        return Err(SourcePlanError::PieceTooLarge {
-            file: t.file,
-            tensor: t.info.name.clone(),
-            len: row_bytes,
-            cap: limits.max_whole,
-        });
-    }
-    let rows_per_piece = (limits.max_read / row_bytes).max(1);
-    let base = t.span().start;
-    for block in selected_row_blocks(scheme, name, &t.info.shape) {
-        let mut row = block.start;
-        while row < block.end {
-            let rows = rows_per_piece.min(block.end - row);
-            let range = base + row * row_bytes..base + (row + rows) * row_bytes;
-            pieces.push(Piece { job, range, usage: Use::Rows { first_row: row } });
-            row += rows;
-        }
-    }
-    Ok(())
 }
 
-/// The piece holding all of the small tensor `t`, unless it is empty.
-fn whole_piece(
-    pieces: &mut Vec<Piece>,
-    job: usize,
-    slot: usize,
-    t: &Stored,
-    limits: ReadLimits,
-) -> Result<(), SourcePlanError> {
-    let len = t.info.byte_len();
-    if len > limits.max_whole {
-        return Err(SourcePlanError::PieceTooLarge {
-            file: t.file,
+impl Pieces<'_> {
+    fn too_large(&self, t: &Stored, len: u64) -> ModelError {
+        ModelError::PieceTooLarge {
+            file: self.names[t.file].clone(),
             tensor: t.info.name.clone(),
             len,
-            cap: limits.max_whole,
-        });
+            cap: self.limits.max_whole,
+        }
     }
-    if len > 0 {
-        pieces.push(Piece { job, range: t.span(), usage: Use::Whole { slot } });
+
+    /// The pieces that feed the selected rows of `t`, each at most `max_read` bytes (but at least one row).
+    fn rows(&mut self, name: &str, t: &Stored, scheme: &Scheme) -> Result<(), ModelError> {
+        let overflow = || ModelError::ShapeOverflow {
+            file: self.names[t.file].clone(),
+            tensor: t.info.name.clone(),
+            shape: t.info.shape.clone(),
+        };
+        let layout = RowLayout::of(&t.info.shape).ok_or_else(overflow)?;
+        if layout.numel() == 0 {
+            // An empty tensor has no bytes to feed (TensorAccumulator selects no rows for it either).
+            return Ok(());
+        }
+        let row_bytes = layout.row_len.checked_mul(t.info.dtype.size()).ok_or_else(overflow)?;
+        if row_bytes > self.limits.max_whole {
+            return Err(self.too_large(t, row_bytes));
+        }
+        let rows_per_piece = (self.limits.max_read / row_bytes).max(1);
+        let base = t.span().start;
+        for block in selected_row_blocks(scheme, name, &t.info.shape) {
+            let mut row = block.start;
+            while row < block.end {
+                let rows = rows_per_piece.min(block.end - row);
+                let range = base + row * row_bytes..base + (row + rows) * row_bytes;
+                self.pieces.push(Piece { job: self.job, file: t.file, range, usage: Use::Rows { first_row: row } });
+                row += rows;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The piece holding all of the small tensor `t`, unless it is empty.
+    fn whole(&mut self, slot: usize, t: &Stored) -> Result<(), ModelError> {
+        let len = t.info.byte_len();
+        if len > self.limits.max_whole {
+            return Err(self.too_large(t, len));
+        }
+        if len > 0 {
+            self.pieces.push(Piece { job: self.job, file: t.file, range: t.span(), usage: Use::Whole { slot } });
+        }
+        Ok(())
+    }
 }
 
 /// Groups consecutive pieces into reads: same file, forward, total at most `max_read` (a piece longer than that
 /// is a read of its own), and either adjacent or separated by at most `max_gap` bytes that no earlier read
 /// fetched (a scale tensor read out of order must not make the next read fetch its neighbours again).
-fn coalesce(pieces: &[Piece], file_of: impl Fn(&Piece) -> usize, limits: ReadLimits) -> Vec<Fetch> {
+fn coalesce(pieces: &[Piece], limits: ReadLimits) -> Vec<Fetch> {
     let mut fetches: Vec<Fetch> = Vec::new();
     // Per file, the furthest byte fetched by the reads before the last one.
     let mut high_water: BTreeMap<usize, u64> = BTreeMap::new();
     for (i, p) in pieces.iter().enumerate() {
-        let file = file_of(p);
         if let Some(last) = fetches.last_mut() {
             let r = &last.read.range;
-            let at_frontier = high_water.get(&file).is_none_or(|&hw| r.end >= hw);
-            let joins = last.read.file == file
+            let at_frontier = high_water.get(&p.file).is_none_or(|&hw| r.end >= hw);
+            let joins = last.read.file == p.file
                 && p.range.start >= r.end
                 && (p.range.start == r.end || (p.range.start - r.end <= limits.max_gap && at_frontier))
                 && p.range.end - r.start <= limits.max_read;
@@ -401,7 +494,7 @@ fn coalesce(pieces: &[Piece], file_of: impl Fn(&Piece) -> usize, limits: ReadLim
             let hw = high_water.entry(last.read.file).or_insert(0);
             *hw = (*hw).max(last.read.range.end);
         }
-        fetches.push(Fetch { read: Read { file, range: p.range.clone() }, pieces: i..i + 1 });
+        fetches.push(Fetch { read: Read { file: p.file, range: p.range.clone() }, pieces: i..i + 1 });
     }
     fetches
 }
@@ -410,121 +503,123 @@ fn tensor_bytes<'b>(t: &'b Stored, bytes: &'b [u8]) -> TensorBytes<'b> {
     TensorBytes { dtype: t.info.dtype, shape: &t.info.shape, bytes }
 }
 
-/// The job being fed.
-struct Active {
+/// [`SignPlan::run`]'s jobs, started in plan order as their pieces arrive.
+struct InOrder<'a> {
+    plan: &'a SignPlan,
+    next_job: usize,
+    active: Option<JobRun<'a>>,
+    done: Vec<TensorSignature>,
+}
+
+impl<'a> InOrder<'a> {
+    /// Finishes every job before `job` (including jobs that read nothing, such as empty tensors) and returns
+    /// `job`'s executor; `job == jobs.len()` finishes them all and returns none.
+    fn advance_to(&mut self, job: usize) -> Result<Option<&mut JobRun<'a>>, ModelError> {
+        if self.active.as_ref().is_none_or(|a| a.job != job) {
+            if let Some(finished) = self.active.take() {
+                self.done.push(finished.finish()?);
+            }
+            while self.next_job < job.min(self.plan.jobs.len()) {
+                self.done.push(JobRun::start(self.plan, self.next_job)?.finish()?);
+                self.next_job += 1;
+            }
+            if job < self.plan.jobs.len() {
+                self.active = Some(JobRun::start(self.plan, job)?);
+                self.next_job = job + 1;
+            }
+        }
+        Ok(self.active.as_mut())
+    }
+}
+
+/// The executor of one job: takes its pieces in plan order and gives its [`TensorSignature`]. Both drivers
+/// run every job through here.
+struct JobRun<'a> {
+    plan: &'a SignPlan,
     job: usize,
     acc: Option<TensorAccumulator>,
     wholes: [Vec<u8>; 4],
 }
 
-struct Runner<'a> {
-    plan: &'a SignPlan,
-    next_job: usize,
-    active: Option<Active>,
-    done: Vec<TensorSignature>,
-}
-
-impl Runner<'_> {
-    fn tensor_error<E: std::error::Error>(t: &Stored, source: TensorError) -> RunError<E> {
-        RunError::Tensor { file: t.file, tensor: t.info.name.clone(), source }
+impl<'a> JobRun<'a> {
+    fn start(plan: &'a SignPlan, job: usize) -> Result<JobRun<'a>, ModelError> {
+        let acc = match &plan.jobs[job] {
+            Work::Plain { name, t } => Some(
+                TensorAccumulator::new(&plan.scheme, name, t.info.dtype, &t.info.shape)
+                    .map_err(|e| plan.tensor_error(t, e))?,
+            ),
+            // A dequantised job's accumulator needs the scales, which are read first (see `accumulator`).
+            Work::Dequant { .. } | Work::Lora { .. } | Work::Packed { .. } => None,
+        };
+        Ok(JobRun { plan, job, acc, wholes: Default::default() })
     }
 
-    /// Finishes every job before `job` (including jobs that read nothing) and makes `job` active;
-    /// `job == jobs.len()` finishes them all.
-    fn advance_to<E: std::error::Error>(&mut self, job: usize) -> Result<(), RunError<E>> {
-        loop {
-            if let Some(active) = self.active.take() {
-                if active.job == job {
-                    self.active = Some(active);
-                    return Ok(());
-                }
-                let signature = self.finish(active)?;
-                self.done.push(signature);
-            }
-            if self.next_job > job || self.next_job >= self.plan.jobs.len() {
-                return Ok(());
-            }
-            let start = self.next_job;
-            self.next_job += 1;
-            let acc = match &self.plan.jobs[start] {
-                Work::Plain { name, t } => Some(
-                    TensorAccumulator::new(&self.plan.scheme, name, t.info.dtype, &t.info.shape)
-                        .map_err(|e| Self::tensor_error(t, e))?,
-                ),
-                Work::Dequant { .. } | Work::Lora { .. } | Work::Packed { .. } => None,
-            };
-            self.active = Some(Active { job: start, acc, wholes: Default::default() });
-        }
-    }
-
-    /// Builds a dequantised job's accumulator on first use: it needs the scales, read before the rows.
-    fn ensure_accumulator<E: std::error::Error>(plan: &SignPlan, active: &mut Active) -> Result<(), RunError<E>> {
-        if active.acc.is_none()
-            && let Work::Dequant { name, t, scale } = &plan.jobs[active.job]
+    /// The job's accumulator, built on first use for a dequantised job.
+    fn accumulator(&mut self) -> Result<&mut TensorAccumulator, ModelError> {
+        let plan = self.plan;
+        let work = &plan.jobs[self.job];
+        if self.acc.is_none()
+            && let Work::Dequant { name, t, scale } = work
         {
-            let scales = Scales::from_tensor(&t.info.shape, scale.info.dtype, &scale.info.shape, &active.wholes[0])
-                .map_err(|e| Self::tensor_error(scale, e))?;
+            let scales = Scales::from_tensor(&t.info.shape, scale.info.dtype, &scale.info.shape, &self.wholes[0])
+                .map_err(|e| plan.tensor_error(scale, e))?;
             let acc = TensorAccumulator::dequantized(&plan.scheme, name, t.info.dtype, &t.info.shape, scales)
-                .map_err(|e| Self::tensor_error(t, e))?;
-            active.acc = Some(acc);
+                .map_err(|e| plan.tensor_error(t, e))?;
+            self.acc = Some(acc);
         }
-        Ok(())
+        // Rows for a job without an accumulator (a LoRA job) would be a planning bug: reported, not a panic.
+        let t = work.primary();
+        self.acc.as_mut().ok_or_else(|| plan.tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 }))
     }
 
-    /// Rows for a job without an accumulator (a LoRA job) would be a planning bug: reported, not a panic.
-    fn no_accumulator<E: std::error::Error>(t: &Stored) -> RunError<E> {
-        Self::tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 })
-    }
-
-    fn apply<E: std::error::Error>(&mut self, usage: Use, bytes: &[u8]) -> Result<(), RunError<E>> {
-        let Some(active) = self.active.as_mut() else { return Ok(()) };
+    fn apply(&mut self, usage: Use, bytes: &[u8]) -> Result<(), ModelError> {
         match usage {
             Use::Whole { slot } => {
-                if let Some(w) = active.wholes.get_mut(slot) {
+                if let Some(w) = self.wholes.get_mut(slot) {
                     w.clear();
                     w.extend_from_slice(bytes);
                 }
                 Ok(())
             }
             Use::Rows { first_row } => {
-                let t = self.plan.jobs[active.job].primary();
-                Self::ensure_accumulator(self.plan, active)?;
-                let acc = active.acc.as_mut().ok_or_else(|| Self::no_accumulator(t))?;
-                acc.feed_rows(first_row, bytes).map_err(|e| Self::tensor_error(t, e))
+                let plan = self.plan;
+                let t = plan.jobs[self.job].primary();
+                self.accumulator()?.feed_rows(first_row, bytes).map_err(|e| plan.tensor_error(t, e))
             }
         }
     }
 
-    fn finish<E: std::error::Error>(&self, mut active: Active) -> Result<TensorSignature, RunError<E>> {
-        match &self.plan.jobs[active.job] {
+    fn finish(mut self) -> Result<TensorSignature, ModelError> {
+        let plan = self.plan;
+        match &plan.jobs[self.job] {
             Work::Plain { t, .. } | Work::Dequant { t, .. } => {
-                Self::ensure_accumulator(self.plan, &mut active)?;
-                let acc = active.acc.take().ok_or_else(|| Self::no_accumulator(t))?;
-                acc.finish().map_err(|e| Self::tensor_error(t, e))
+                self.accumulator()?;
+                let acc = self.acc.take().ok_or_else(|| plan.tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 }))?;
+                acc.finish().map_err(|e| plan.tensor_error(t, e))
             }
             Work::Lora { name, a, b } => {
                 let r = a.info.shape.first().copied().unwrap_or(1);
-                let scaling = self.plan.lora.map_or(1.0, |l| l.scaling(r));
-                let fa = TensorBytes { dtype: a.info.dtype, shape: &a.info.shape, bytes: &active.wholes[0] };
-                let fb = TensorBytes { dtype: b.info.dtype, shape: &b.info.shape, bytes: &active.wholes[1] };
-                lora_delta_signature(&self.plan.scheme, name, fa, fb, scaling).map_err(|e| Self::tensor_error(a, e))
+                let scaling = plan.lora.map_or(1.0, |l| l.scaling(r));
+                let (fa, fb) = (tensor_bytes(a, &self.wholes[0]), tensor_bytes(b, &self.wholes[1]));
+                lora_delta_signature(&plan.scheme, name, fa, fb, scaling).map_err(|e| plan.tensor_error(a, e))
             }
             Work::Packed { name, layout, tensors: t } => {
-                let [qweight, qzeros, scales, g_idx] = &active.wholes;
+                let [qweight, qzeros, scales, g_idx] = &self.wholes;
                 let parts = PackedTensors {
                     qweight: tensor_bytes(&t.qweight, qweight),
                     qzeros: tensor_bytes(&t.qzeros, qzeros),
                     scales: tensor_bytes(&t.scales, scales),
                     g_idx: t.g_idx.as_ref().map(|g| tensor_bytes(g, g_idx)),
                 };
-                packed_signature(&self.plan.scheme, name, layout, self.plan.gptq, parts)
-                    .map_err(|e| Self::tensor_error(&t.qweight, e))
+                packed_signature(&plan.scheme, name, layout, plan.gptq, parts)
+                    .map_err(|e| plan.tensor_error(&t.qweight, e))
             }
         }
     }
 }
 
-/// A [`ByteSource`] over mapped local files, in the order of the headers the plan was built from.
+/// Mapped local files, in the order of the files the plan was built from. Each read maps its range and the
+/// mapping is dropped once its bytes are consumed, so the resident set stays near `threads × max_read`.
 #[derive(Debug)]
 pub struct MappedSource<'a> {
     files: &'a [MappedFile],
@@ -536,139 +631,26 @@ impl<'a> MappedSource<'a> {
     }
 }
 
+impl RandomAccess for MappedSource<'_> {
+    type Buf = Window;
+    type Error = io::Error;
+
+    fn read_at(&self, read: &Read) -> io::Result<Window> {
+        let file = self
+            .files
+            .get(read.file)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read names a file the source does not have"))?;
+        file.window(read.range.start, read.len(), false)
+    }
+}
+
 impl ByteSource for MappedSource<'_> {
     type Buf = Window;
     type Error = io::Error;
 
     fn read(&mut self, read: &Read) -> io::Result<Window> {
-        let file = self
-            .files
-            .get(read.file)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read names a file the source does not have"))?;
-        file.window(read.range.start, read.len(), true)
+        self.read_at(read)
     }
-}
-
-/// Which files of a repository make up its model, decided from the file names alone (the rules of
-/// [`crate::sign_model_dir`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DirLayout {
-    /// `adapter_model.safetensors`, scaled by `adapter_config.json` when `config` is true.
-    Adapter { config: bool },
-    /// The shards named by the index file `index`.
-    Sharded { index: String },
-    /// Every `*.safetensors` file, sorted.
-    Files { files: Vec<String> },
-}
-
-/// The name of a PEFT adapter's weights file.
-pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
-
-/// The name of a PEFT adapter's configuration.
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
-
-/// Why a listing does not hold one model.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LayoutError {
-    #[error("an adapter sits beside full weights ({other})")]
-    AdapterBesideWeights { other: String },
-    #[error("several shard indexes: {found:?}")]
-    AmbiguousIndex { found: Vec<String> },
-    #[error("no safetensors files")]
-    NoSafetensors,
-}
-
-/// Decides, from the names of the files directly in a model directory or repository root, which files hold
-/// the model: an adapter, else the shards of the one `*.safetensors.index.json`, else every `*.safetensors`.
-///
-/// # Errors
-/// [`LayoutError`] for an adapter beside other weights, several indexes, or no safetensors at all.
-pub fn choose_layout(names: &BTreeSet<String>) -> Result<DirLayout, LayoutError> {
-    let safetensors: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors")).collect();
-    let indexes: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors.index.json")).collect();
-    if names.contains(ADAPTER_FILE) {
-        if let Some(other) = safetensors.iter().find(|n| n.as_str() != ADAPTER_FILE) {
-            return Err(LayoutError::AdapterBesideWeights { other: (*other).clone() });
-        }
-        return Ok(DirLayout::Adapter { config: names.contains(ADAPTER_CONFIG_FILE) });
-    }
-    match indexes.as_slice() {
-        [] => {}
-        [index] => return Ok(DirLayout::Sharded { index: (*index).clone() }),
-        _ => return Err(LayoutError::AmbiguousIndex { found: indexes.iter().map(|s| (*s).clone()).collect() }),
-    }
-    if safetensors.is_empty() {
-        return Err(LayoutError::NoSafetensors);
-    }
-    Ok(DirLayout::Files { files: safetensors.into_iter().cloned().collect() })
-}
-
-/// How an index disagrees with the shards it names.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IndexMismatch {
-    #[error("index maps {tensor:?} to {indexed:?} but it is in {found:?}")]
-    WrongShard { tensor: String, indexed: String, found: String },
-    #[error("index maps {tensor:?} to {indexed:?} but no shard holds it")]
-    IndexedTensorMissing { tensor: String, indexed: String },
-    #[error("tensor {tensor:?} of {file:?} is not in the index")]
-    TensorNotIndexed { tensor: String, file: String },
-}
-
-/// Checks that `index` names exactly the tensors the `shards` (file name, header tensors) hold, each in the
-/// shard that holds it.
-///
-/// # Errors
-/// The first [`IndexMismatch`] found.
-pub fn check_index(index: &ShardIndex, shards: &[(&str, &[TensorInfo])]) -> Result<(), IndexMismatch> {
-    let mut found: BTreeMap<&str, &str> = BTreeMap::new();
-    for (shard, tensors) in shards {
-        for t in *tensors {
-            found.insert(&t.name, shard);
-        }
-    }
-    for (tensor, indexed) in &index.weight_map {
-        match found.get(tensor.as_str()) {
-            Some(&shard) if shard == indexed => {}
-            Some(&shard) => {
-                return Err(IndexMismatch::WrongShard {
-                    tensor: tensor.clone(),
-                    indexed: indexed.clone(),
-                    found: shard.to_owned(),
-                });
-            }
-            None => {
-                return Err(IndexMismatch::IndexedTensorMissing { tensor: tensor.clone(), indexed: indexed.clone() });
-            }
-        }
-    }
-    if let Some((tensor, file)) = found.iter().find(|(t, _)| !index.weight_map.contains_key(**t)) {
-        return Err(IndexMismatch::TensorNotIndexed { tensor: (*tensor).to_owned(), file: (*file).to_owned() });
-    }
-    Ok(())
-}
-
-/// Reads the LoRA scaling from the bytes of an (untrusted) `adapter_config.json`, as [`crate::sign_model_dir`]
-/// does: a missing `lora_alpha` takes PEFT's default of 8, `use_rslora` defaults to false.
-///
-/// # Errors
-/// An [`AdapterConfigError`] for a file over [`MAX_ADAPTER_CONFIG_LEN`], invalid JSON, or bad field types.
-pub fn parse_adapter_config(bytes: &[u8]) -> Result<LoraConfig, AdapterConfigError> {
-    if bytes.len() as u64 > MAX_ADAPTER_CONFIG_LEN {
-        return Err(AdapterConfigError::TooLarge { len: bytes.len() as u64, cap: MAX_ADAPTER_CONFIG_LEN });
-    }
-    // serde_json bounds recursion itself (128 levels) and the input is capped; its Value is fine here.
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| AdapterConfigError::Json { message: e.to_string() })?;
-    let object = value.as_object().ok_or(AdapterConfigError::NotAnObject)?;
-    let alpha = match object.get("lora_alpha") {
-        None | Some(serde_json::Value::Null) => 8.0,
-        Some(v) => v.as_f64().filter(|a| a.is_finite() && *a > 0.0).ok_or(AdapterConfigError::Alpha)?,
-    };
-    let use_rslora = match object.get("use_rslora") {
-        None | Some(serde_json::Value::Null) => false,
-        Some(v) => v.as_bool().ok_or(AdapterConfigError::Rslora)?,
-    };
-    Ok(LoraConfig { alpha, use_rslora })
 }
 
 #[cfg(test)]
@@ -682,6 +664,10 @@ mod tests {
     use crate::packed::PackedFormat;
     use crate::reader::sign_files;
     use std::path::{Path, PathBuf};
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("f{i}")).collect()
+    }
 
     fn tensor<'a>(name: &'a str, dtype: Dtype, shape: &[u64], seed: u64) -> Tensor<'a> {
         let n = shape.iter().product::<u64>() as usize;
@@ -723,6 +709,7 @@ mod tests {
         path
     }
 
+    /// The signature by both drivers (they must agree), and the number of streamed reads.
     fn signed_through_plan(
         paths: &[PathBuf],
         scheme: &Scheme,
@@ -738,8 +725,10 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Header> = headers.iter().collect();
-        let plan = SignPlan::new(&refs, scheme, opts, limits).expect("plan");
+        let plan = SignPlan::new(&names(paths.len()), &refs, scheme, opts, limits).expect("plan");
         let sig = plan.run(&mut MappedSource::new(&files)).expect("run");
+        let parallel = plan.run_parallel(&MappedSource::new(&files)).expect("run in parallel");
+        assert_eq!(parallel, sig, "{limits:?}");
         (sig, plan.reads().len())
     }
 
@@ -781,7 +770,7 @@ mod tests {
         let header = parse_header(&bytes, None).expect("valid");
         let scheme = Scheme { row_fraction: 0.25, ..Scheme::default() };
         let limits = ReadLimits { max_read: 512, max_gap: 0, max_whole: 1 << 20 };
-        let plan = SignPlan::new(&[&header], &scheme, &SignOptions::default(), limits).expect("plan");
+        let plan = SignPlan::new(&names(1), &[&header], &scheme, &SignOptions::default(), limits).expect("plan");
         // Reads never exceed max_read unless one row does (embed rows are 48 bytes, so none here).
         assert!(plan.reads().iter().all(|r| r.len() <= 512 && !r.is_empty()), "{:?}", plan.reads());
         assert!(plan.reads().iter().all(|r| r.range.start >= header.data_start && r.range.end <= header.file_len()));
@@ -796,9 +785,9 @@ mod tests {
         let bytes = safetensors_file(&first);
         let header = parse_header(&bytes, None).expect("valid");
         let tiny = ReadLimits { max_read: 16, max_gap: 0, max_whole: 40 };
-        match SignPlan::new(&[&header], &Scheme::default(), &SignOptions::default(), tiny) {
-            Err(SourcePlanError::PieceTooLarge { tensor, len, cap: 40, .. }) => {
-                assert_eq!((tensor.as_str(), len), ("model.embed_tokens.weight", 48));
+        match SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), tiny) {
+            Err(ModelError::PieceTooLarge { file, tensor, len, cap: 40 }) => {
+                assert_eq!((file.as_str(), tensor.as_str(), len), ("f0", "model.embed_tokens.weight", 48));
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -812,11 +801,12 @@ mod tests {
                 Ok(self.0[read.range.start as usize..read.range.end as usize - 1].to_vec())
             }
         }
-        let plan = SignPlan::new(&[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default())
+        let plan = SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default())
             .expect("plan");
         assert!(matches!(plan.run(&mut Short(bytes.clone())), Err(RunError::WrongLength { .. })));
         let files: Vec<MappedFile> = Vec::new();
         assert!(matches!(plan.run(&mut MappedSource::new(&files)), Err(RunError::Read { .. })));
+        assert!(matches!(plan.run_parallel(&MappedSource::new(&files)), Err(RunError::Read { .. })));
     }
 
     #[test]
@@ -824,77 +814,9 @@ mod tests {
         for case in packed_cases() {
             let bytes = packed_case_file(&case);
             let header = parse_header(&bytes, None).expect("valid header");
-            let got = SignPlan::new(&[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default());
-            let expected = PlanError::Packed { module: "m".into(), source: case.expected.clone() };
-            assert!(matches!(got, Err(SourcePlanError::Plan(ref e)) if *e == expected), "{}: {got:?}", case.name);
+            let got = SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default());
+            let expected = ModelError::Packed { module: "m".into(), source: case.expected.clone() };
+            assert!(matches!(got, Err(ref e) if *e == expected), "{}: {got:?}", case.name);
         }
-    }
-
-    #[test]
-    fn layouts_follow_the_directory_rules() {
-        let set = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<String>>();
-        let check = |names: &[&str], expected: Result<DirLayout, LayoutError>| {
-            assert_eq!(choose_layout(&set(names)), expected, "{names:?}");
-        };
-        check(&["adapter_model.safetensors", "adapter_config.json"], Ok(DirLayout::Adapter { config: true }));
-        check(&["adapter_model.safetensors"], Ok(DirLayout::Adapter { config: false }));
-        check(
-            &["adapter_model.safetensors", "model.safetensors"],
-            Err(LayoutError::AdapterBesideWeights { other: "model.safetensors".into() }),
-        );
-        check(
-            &["a.safetensors", "model.safetensors.index.json", "config.json"],
-            Ok(DirLayout::Sharded { index: "model.safetensors.index.json".into() }),
-        );
-        check(
-            &["a.safetensors.index.json", "b.safetensors.index.json"],
-            Err(LayoutError::AmbiguousIndex {
-                found: vec!["a.safetensors.index.json".into(), "b.safetensors.index.json".into()],
-            }),
-        );
-        check(
-            &["b.safetensors", "a.safetensors", "README.md"],
-            Ok(DirLayout::Files { files: vec!["a.safetensors".into(), "b.safetensors".into()] }),
-        );
-        check(&["pytorch_model.bin"], Err(LayoutError::NoSafetensors));
-    }
-
-    #[test]
-    fn index_checks_and_adapter_configs() {
-        let info = |name: &str| TensorInfo { name: name.into(), dtype: Dtype::F32, shape: vec![1], begin: 0, end: 4 };
-        let (a, b) = ([info("x"), info("y")], [info("z")]);
-        let index = |pairs: &[(&str, &str)]| ShardIndex {
-            total_size: None,
-            weight_map: pairs.iter().map(|(t, f)| ((*t).to_owned(), (*f).to_owned())).collect(),
-        };
-        let shards: [(&str, &[TensorInfo]); 2] = [("s1", &a), ("s2", &b)];
-        assert_eq!(check_index(&index(&[("x", "s1"), ("y", "s1"), ("z", "s2")]), &shards), Ok(()));
-        assert_eq!(
-            check_index(&index(&[("x", "s1"), ("y", "s2"), ("z", "s2")]), &shards),
-            Err(IndexMismatch::WrongShard { tensor: "y".into(), indexed: "s2".into(), found: "s1".into() })
-        );
-        assert_eq!(
-            check_index(&index(&[("x", "s1"), ("y", "s1"), ("z", "s2"), ("w", "s2")]), &shards),
-            Err(IndexMismatch::IndexedTensorMissing { tensor: "w".into(), indexed: "s2".into() })
-        );
-        assert_eq!(
-            check_index(&index(&[("x", "s1"), ("z", "s2")]), &shards),
-            Err(IndexMismatch::TensorNotIndexed { tensor: "y".into(), file: "s1".into() })
-        );
-
-        let check = |json: &str, expected: Result<LoraConfig, AdapterConfigError>| {
-            assert_eq!(parse_adapter_config(json.as_bytes()), expected, "{json}");
-        };
-        check(r#"{"lora_alpha":16,"use_rslora":true}"#, Ok(LoraConfig { alpha: 16.0, use_rslora: true }));
-        check("{}", Ok(LoraConfig { alpha: 8.0, use_rslora: false }));
-        check(r#"{"lora_alpha":"16"}"#, Err(AdapterConfigError::Alpha));
-        check(r#"{"use_rslora":1}"#, Err(AdapterConfigError::Rslora));
-        check("[1]", Err(AdapterConfigError::NotAnObject));
-        assert!(matches!(parse_adapter_config(b"{"), Err(AdapterConfigError::Json { .. })));
-        let big = vec![b' '; MAX_ADAPTER_CONFIG_LEN as usize + 1];
-        assert_eq!(
-            parse_adapter_config(&big),
-            Err(AdapterConfigError::TooLarge { len: MAX_ADAPTER_CONFIG_LEN + 1, cap: MAX_ADAPTER_CONFIG_LEN })
-        );
     }
 }

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use hub::remote::{RemoteError, RemoteFile, RemoteLayout, RemoteOptions, sign_remote_model};
+use hub::remote::{RemoteError, RemoteFile, RemoteOptions, sign_remote_model};
 use hub::{Commit, HubClient, RepoId, Revision};
-use signature::{HeaderError, ReadLimits, Scheme, SignOptions, sign_model_dir};
+use signature::{HeaderError, Layout, ModelError, ReadLimits, Scheme, SignOptions, sign_model_dir};
 
 use crate::support::{Reply, Request, TestServer, Zoo, config, sha256, zoo_root};
 
@@ -150,7 +150,7 @@ async fn hostile_headers_are_refused_within_two_ranges() {
     let opts = RemoteOptions::default();
     fn header_error(got: &Result<hub::RemoteSigned, RemoteError>) -> Option<&HeaderError> {
         match got {
-            Err(RemoteError::Header { source, .. }) => Some(source),
+            Err(RemoteError::Model(ModelError::Header { source, .. })) => Some(source),
             _ => None,
         }
     }
@@ -178,7 +178,7 @@ async fn hostile_headers_are_refused_within_two_ranges() {
     let big = file_with_header(&format!("{{{}}}", many.join(",")), 4 * 5000);
     let capped = RemoteOptions { max_header_len: 100_000, ..RemoteOptions::default() };
     let (got, ranges) = hostile(big.clone(), &capped).await;
-    assert!(matches!(got, Err(RemoteError::HeaderTooLarge { cap: 100_000, .. })), "{got:?}");
+    assert!(matches!(got, Err(RemoteError::Model(ModelError::HeaderTooLarge { cap: 100_000, .. }))), "{got:?}");
     assert_eq!(ranges, 1);
     // Under the default cap the same header takes exactly two ranges, then the data.
     assert!(u64::from_le_bytes(big[..8].try_into().expect("prefix")) > 100_000);
@@ -210,7 +210,7 @@ async fn listing_and_serving_must_agree() {
     // No safetensors at all, or only in a subfolder.
     let none = vec![RemoteFile { name: "onnx/model.safetensors".into(), size: None, sha256: None }];
     let got = sign_remote_model(&client, &id, &commit, &none, &Scheme::default(), &RemoteOptions::default()).await;
-    assert!(matches!(got, Err(RemoteError::Layout(_))), "{got:?}");
+    assert!(matches!(got, Err(RemoteError::Model(ModelError::NoSafetensors))), "{got:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +231,7 @@ async fn a_sharded_repo_whose_index_lies_is_refused() {
     .await;
     let client = HubClient::new(config(&server.url())).expect("client");
     let got = sign_remote(&client, "quokka-research/quokka-base", &Scheme::default(), &RemoteOptions::default()).await;
-    assert!(matches!(got, Err(RemoteError::IndexMismatch(_))), "{got:?}");
+    assert!(matches!(got, Err(RemoteError::Model(ModelError::IndexWrongShard { .. }))), "{got:?}");
     // The honest repository signs, with its layout reported.
     let zoo = Arc::new(Zoo::load(&zoo_root()));
     let server = TestServer::start(move |req, base| zoo.handle(req, base)).await;
@@ -240,7 +240,7 @@ async fn a_sharded_repo_whose_index_lies_is_refused() {
         .await
         .expect("signed");
     assert!(
-        matches!(&got.layout, RemoteLayout::Sharded { index, total_size: Some(_) } if index == "model.safetensors.index.json"),
+        matches!(&got.layout, Layout::Sharded { index, total_size: Some(_) } if index == "model.safetensors.index.json"),
         "{:?}",
         got.layout
     );
@@ -357,7 +357,7 @@ async fn an_index_naming_files_outside_the_repository_is_refused_before_any_rang
         let id = RepoId::parse("evil/sharded").expect("id");
         let commit = Commit::parse(&commit_id).expect("commit");
         let got = sign_remote_model(&client, &id, &commit, &files, &Scheme::default(), &RemoteOptions::default()).await;
-        assert!(matches!(got, Err(RemoteError::Index { .. })), "{shard:?}: {got:?}");
+        assert!(matches!(got, Err(RemoteError::Model(ModelError::Index { .. }))), "{shard:?}: {got:?}");
         // Only the index itself was asked for (its resolve and its body); no shard was resolved or read.
         assert!(server.requests().iter().all(|q| q.path().ends_with("/model.safetensors.index.json")), "{shard:?}");
     }
@@ -397,7 +397,7 @@ async fn absurd_sizes_and_shapes_are_refused_within_one_range() {
     let files = vec![RemoteFile { name: "model.safetensors".into(), size: None, sha256: None }];
     let commit = Commit::parse(&c).expect("commit");
     let got = sign_remote_model(&client, &id, &commit, &files, &Scheme::default(), &opts).await;
-    assert!(matches!(got, Err(RemoteError::Header { .. })), "{got:?}");
+    assert!(matches!(got, Err(RemoteError::Model(ModelError::Header { .. }))), "{got:?}");
     assert_eq!(server.count(|q| q.path().starts_with("/cdn/")), 1, "refused on the header read alone");
     // Shapes whose element count or byte size overflows, or that claim far more data than the file holds.
     for (json, what) in [
@@ -407,7 +407,7 @@ async fn absurd_sizes_and_shapes_are_refused_within_one_range() {
         (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#, "data end past the file"),
     ] {
         let (got, ranges) = hostile(file_with_header(json, 4), &opts).await;
-        assert!(matches!(got, Err(RemoteError::Header { .. })), "{what}: {got:?}");
+        assert!(matches!(got, Err(RemoteError::Model(ModelError::Header { .. }))), "{what}: {got:?}");
         assert_eq!(ranges, 1, "{what}: refused on the header read alone");
     }
 }
