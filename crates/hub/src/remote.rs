@@ -314,8 +314,7 @@ pub async fn sign_remote_model(
     let names: BTreeSet<String> = listed.keys().map(|s| (*s).to_owned()).collect();
     let mut checkpoint = Checkpoint::new(&names, scheme, &opts.sign)?;
     while let Need::File { name, cap } = checkpoint.need() {
-        let bytes =
-            client.get_small_file_with(id, commit, &name, cap, tally).await.map_err(RemoteError::hub(&name))?;
+        let bytes = client.get_small_file_with(id, commit, &name, cap, tally).await.map_err(RemoteError::hub(&name))?;
         checkpoint.give_file(&bytes)?;
     }
     let opened = futures::future::try_join_all(

@@ -445,8 +445,8 @@ mod tests {
         );
         // The caller's scaling wins: the config is not even asked for.
         let forced = SignOptions { lora: Some(LoraConfig { alpha: 4.0, use_rslora: false }), ..SignOptions::default() };
-        let c = Checkpoint::new(&set(&[ADAPTER_FILE, ADAPTER_CONFIG_FILE]), &Scheme::default(), &forced)
-            .expect("adapter");
+        let c =
+            Checkpoint::new(&set(&[ADAPTER_FILE, ADAPTER_CONFIG_FILE]), &Scheme::default(), &forced).expect("adapter");
         assert_eq!(c.need(), Need::Headers);
     }
 
@@ -463,7 +463,9 @@ mod tests {
         let mut c = Checkpoint::new(&names, &Scheme::default(), &SignOptions::default()).expect("sharded");
         assert_eq!(c.give_file(missing.as_bytes()), Err(ModelError::MissingShard { file: "s3.safetensors".into() }));
         let mut c = Checkpoint::new(&names, &Scheme::default(), &SignOptions::default()).expect("sharded");
-        assert!(matches!(c.give_file(b"{"), Err(ModelError::Index { file, .. }) if file == "model.safetensors.index.json"));
+        assert!(
+            matches!(c.give_file(b"{"), Err(ModelError::Index { file, .. }) if file == "model.safetensors.index.json")
+        );
 
         let info = |name: &str| TensorInfo { name: name.into(), dtype: Dtype::F32, shape: vec![1], begin: 0, end: 4 };
         let (a, b) = ([info("x"), info("y")], [info("z")]);
@@ -503,18 +505,25 @@ mod tests {
             parse_adapter_config(&big),
             Err(AdapterConfigError::TooLarge { len: MAX_ADAPTER_CONFIG_LEN + 1, cap: MAX_ADAPTER_CONFIG_LEN })
         );
-        let mut c = Checkpoint::new(&set(&[ADAPTER_FILE, ADAPTER_CONFIG_FILE]), &Scheme::default(), &Default::default())
-            .expect("adapter");
+        let mut c =
+            Checkpoint::new(&set(&[ADAPTER_FILE, ADAPTER_CONFIG_FILE]), &Scheme::default(), &Default::default())
+                .expect("adapter");
         c.give_file(br#"{"lora_alpha":16}"#).expect("valid config");
-        assert_eq!((c.need(), &c.layout), (Need::Headers, &Layout::Adapter { lora: Some(LoraConfig { alpha: 16.0, use_rslora: false }) }));
+        assert_eq!(
+            (c.need(), &c.layout),
+            (Need::Headers, &Layout::Adapter { lora: Some(LoraConfig { alpha: 16.0, use_rslora: false }) })
+        );
     }
 
     #[test]
     fn headers_take_one_read_or_two_and_respect_the_cap() {
-        let one = safetensors_file(&[Tensor { name: "a", dtype: Dtype::F32, shape: vec![2], bytes: f32_bytes(&[1.0, 2.0]) }]);
+        let one =
+            safetensors_file(&[Tensor { name: "a", dtype: Dtype::F32, shape: vec![2], bytes: f32_bytes(&[1.0, 2.0]) }]);
         let len = one.len() as u64;
         assert_eq!(read_header("m", len, MAX_HEADER_LEN, &[]), Ok(HeaderStep::Read(0..len)));
-        assert!(matches!(read_header("m", len, MAX_HEADER_LEN, &one), Ok(HeaderStep::Parsed(h)) if h.tensors.len() == 1));
+        assert!(
+            matches!(read_header("m", len, MAX_HEADER_LEN, &one), Ok(HeaderStep::Parsed(h)) if h.tensors.len() == 1)
+        );
         assert_eq!(
             read_header("m", 3, MAX_HEADER_LEN, &[]),
             Err(ModelError::Header { file: "m".into(), source: HeaderError::FileTooShort { len: 3 } })

@@ -58,6 +58,10 @@ mod kernel;
 
 pub use accumulate::{MAX_SAMPLES, MAX_SKETCH_K, Scales, SchemeError, TensorAccumulator, TensorError, validate_scheme};
 pub use adapter::{LoraConfig, TensorBytes, lora_delta_signature};
+pub use checkpoint::{
+    AdapterConfigError, Checkpoint, FIRST_HEADER_READ, HeaderStep, Layout, ModelError, Need, Planned,
+    parse_adapter_config, read_header,
+};
 pub use decode::{DecodeError, decode_f32, decode_f64};
 pub use header::{Header, HeaderError, MAX_HEADER_LEN, TensorInfo, parse_header};
 pub use index::{IndexError, ShardIndex, parse_index};
@@ -68,9 +72,5 @@ pub use packed::{
     packed_signature,
 };
 pub use plan::{Job, PlanError, TensorRef, plan};
-pub use checkpoint::{
-    AdapterConfigError, Checkpoint, FIRST_HEADER_READ, HeaderStep, Layout, ModelError, Need, Planned,
-    parse_adapter_config, read_header,
-};
 pub use reader::{FileUsed, ModelDir, SignError, sign_files, sign_model_dir};
 pub use source::{ByteSource, MappedSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};

@@ -139,7 +139,8 @@ fn header(name: &str, map: &MappedFile) -> Result<Header, Result<ModelError, io:
 pub fn sign_files(paths: &[PathBuf], scheme: &Scheme, opts: &SignOptions) -> Result<ModelSignature, SignError> {
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let checkpoint = Checkpoint::of_files(names.clone(), scheme, opts)?;
-    let path = |name: &str| names.iter().position(|n| n == name).map_or_else(|| PathBuf::from(name), |i| paths[i].clone());
+    let path =
+        |name: &str| names.iter().position(|n| n == name).map_or_else(|| PathBuf::from(name), |i| paths[i].clone());
     match sign(checkpoint, &path) {
         Ok(signed) => Ok(signed.signature),
         Err(Failed::Model(e)) => Err(SignError::Model(e)),
@@ -192,11 +193,11 @@ mod tests {
     use crate::accumulate::TensorAccumulator;
     use crate::adapter::LoraConfig;
     use crate::checkpoint::{AdapterConfigError, MAX_ADAPTER_CONFIG_LEN};
-    use crate::header::HeaderError;
-    use crate::index::IndexError;
     use crate::corpus::{
         Tensor, bf16_bytes, cases, f32_bytes, pack_int4, packed_case_file, packed_cases, safetensors_file, values,
     };
+    use crate::header::HeaderError;
+    use crate::index::IndexError;
     use crate::model::{Dtype, ValueSource};
     use crate::packed::PackedFormat;
 
@@ -271,7 +272,10 @@ mod tests {
         }
         assert!(matches!(sign_files(&[], &Scheme::default(), &opts), Err(SignError::Model(ModelError::NoFiles))));
         let bad_scheme = Scheme { row_fraction: 2.0, ..Scheme::default() };
-        assert!(matches!(sign_files(&[whole_path(&dir)], &bad_scheme, &opts), Err(SignError::Model(ModelError::Scheme(_)))));
+        assert!(matches!(
+            sign_files(&[whole_path(&dir)], &bad_scheme, &opts),
+            Err(SignError::Model(ModelError::Scheme(_)))
+        ));
     }
 
     fn whole_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -466,7 +470,10 @@ mod tests {
         let dir = adapter_dir(Some(&deep));
         assert!(matches!(
             sign_model_dir(dir.path(), &Scheme::default(), &SignOptions::default()),
-            Err(SignError::InDir { source: ModelError::AdapterConfig { source: AdapterConfigError::Json { .. }, .. }, .. })
+            Err(SignError::InDir {
+                source: ModelError::AdapterConfig { source: AdapterConfigError::Json { .. }, .. },
+                ..
+            })
         ));
         let big = " ".repeat(MAX_ADAPTER_CONFIG_LEN as usize + 1);
         check(&big, AdapterConfigError::TooLarge { len: MAX_ADAPTER_CONFIG_LEN + 1, cap: MAX_ADAPTER_CONFIG_LEN });
@@ -532,7 +539,9 @@ mod tests {
         };
         let mut wrong = GOOD;
         wrong[3].1 = S1;
-        assert!(matches!(run(&wrong), Err(SignError::InDir { source: ModelError::IndexWrongShard { tensor, .. }, .. }) if tensor == "model.norm.weight"));
+        assert!(
+            matches!(run(&wrong), Err(SignError::InDir { source: ModelError::IndexWrongShard { tensor, .. }, .. }) if tensor == "model.norm.weight")
+        );
         let mut extra = GOOD.to_vec();
         extra.push(("lm_head.weight", S2));
         assert!(
@@ -548,7 +557,13 @@ mod tests {
         );
         let mut escape = GOOD;
         escape[3].1 = "../model.safetensors";
-        assert!(matches!(run(&escape), Err(SignError::InDir { source: ModelError::Index { source: IndexError::ShardNameHasSeparator { .. }, .. }, .. })));
+        assert!(matches!(
+            run(&escape),
+            Err(SignError::InDir {
+                source: ModelError::Index { source: IndexError::ShardNameHasSeparator { .. }, .. },
+                ..
+            })
+        ));
         // Two indexes, or none and no weights.
         let dir = sharded_dir(&index(&GOOD));
         write(dir.path(), "other.safetensors.index.json", index(&GOOD).as_bytes());

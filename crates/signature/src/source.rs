@@ -569,7 +569,9 @@ impl<'a> JobRun<'a> {
         }
         // Rows for a job without an accumulator (a LoRA job) would be a planning bug: reported, not a panic.
         let t = work.primary();
-        self.acc.as_mut().ok_or_else(|| plan.tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 }))
+        self.acc
+            .as_mut()
+            .ok_or_else(|| plan.tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 }))
     }
 
     fn apply(&mut self, usage: Use, bytes: &[u8]) -> Result<(), ModelError> {
@@ -594,7 +596,10 @@ impl<'a> JobRun<'a> {
         match &plan.jobs[self.job] {
             Work::Plain { t, .. } | Work::Dequant { t, .. } => {
                 self.accumulator()?;
-                let acc = self.acc.take().ok_or_else(|| plan.tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 }))?;
+                let acc = self
+                    .acc
+                    .take()
+                    .ok_or_else(|| plan.tensor_error(t, TensorError::RowsOutsideSelection { first_row: 0, rows: 0 }))?;
                 acc.finish().map_err(|e| plan.tensor_error(t, e))
             }
             Work::Lora { name, a, b } => {
@@ -801,8 +806,9 @@ mod tests {
                 Ok(self.0[read.range.start as usize..read.range.end as usize - 1].to_vec())
             }
         }
-        let plan = SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default())
-            .expect("plan");
+        let plan =
+            SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default())
+                .expect("plan");
         assert!(matches!(plan.run(&mut Short(bytes.clone())), Err(RunError::WrongLength { .. })));
         let files: Vec<MappedFile> = Vec::new();
         assert!(matches!(plan.run(&mut MappedSource::new(&files)), Err(RunError::Read { .. })));
@@ -814,7 +820,13 @@ mod tests {
         for case in packed_cases() {
             let bytes = packed_case_file(&case);
             let header = parse_header(&bytes, None).expect("valid header");
-            let got = SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default());
+            let got = SignPlan::new(
+                &names(1),
+                &[&header],
+                &Scheme::default(),
+                &SignOptions::default(),
+                ReadLimits::default(),
+            );
             let expected = ModelError::Packed { module: "m".into(), source: case.expected.clone() };
             assert!(matches!(got, Err(ref e) if *e == expected), "{}: {got:?}", case.name);
         }
