@@ -58,16 +58,6 @@ pub enum SignError {
     Read { path: PathBuf, source: io::Error },
 }
 
-impl SignError {
-    /// The engine's decision, wherever the files were.
-    pub fn model(&self) -> Option<&ModelError> {
-        match self {
-            SignError::InDir { source, .. } | SignError::Model(source) => Some(source),
-            SignError::ListDir { .. } | SignError::Read { .. } => None,
-        }
-    }
-}
-
 /// What [`sign`] reports: the engine's refusals, to be given context by the caller, or IO errors.
 enum Failed {
     Model(ModelError),
