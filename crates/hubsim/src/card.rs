@@ -4,13 +4,35 @@
 //! module passes the YAML through unchanged as `cardData` and is lenient only where the Hub itself is: `base_model`
 //! may be a string or a list, `license` may be a string or a list.
 
-use serde_json::{Map, Number, Value};
-use yaml_rust2::{Yaml, YamlLoader};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::yaml::{self, Budget, YamlError};
 
 /// The relations the Hub accepts in `base_model_relation`.
 pub(crate) const RELATIONS: [&str; 4] = ["adapter", "merge", "quantized", "finetune"];
 
-/// The YAML between a leading `---` line and the next `---` line, if the file starts with one.
+/// How much of a README is read: the front matter is at the top, and more than the YAML limit of it is refused
+/// anyway, so the rest of a large (or endless) README is never read.
+const README_PREFIX_BYTES: u64 = yaml::MAX_INPUT_BYTES as u64 + 64;
+
+/// Why a card has no `cardData`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CardError {
+    #[error("cannot read the model card: {0}")]
+    Io(#[from] io::Error),
+    #[error("model card front matter: {0}")]
+    Yaml(#[from] YamlError),
+    #[error("model card front matter is not a mapping")]
+    NotAMapping,
+}
+
+/// The YAML between a leading `---` line and the next `---` line, if the file starts with one. A front matter that
+/// runs past the YAML limit is returned as far as it was read, unterminated or not, so that the loader refuses it
+/// as too long instead of it passing for "no card".
 pub(crate) fn front_matter(readme: &str) -> Option<&str> {
     let readme = readme.strip_prefix('\u{feff}').unwrap_or(readme);
     let mut lines = readme.split_inclusive('\n');
@@ -25,49 +47,46 @@ pub(crate) fn front_matter(readme: &str) -> Option<&str> {
             return readme.get(start..offset);
         }
         offset += line.len();
+        if offset - start > yaml::MAX_INPUT_BYTES {
+            return readme.get(start..offset);
+        }
     }
     None
 }
 
-/// `cardData` for a README: `Ok(None)` when there is no front matter, `Err` with the YAML error when it does not
-/// parse (the Hub then shows no card data either).
-pub(crate) fn card_data(readme: &str) -> Result<Option<Value>, String> {
+/// `cardData` for the README at `path`, reading only its first [`README_PREFIX_BYTES`].
+///
+/// # Errors
+/// As [`card_data`], plus [`CardError::Io`] when the file cannot be read. A README that is not UTF-8 where it was
+/// read has no card, as on the Hub.
+pub(crate) fn read_card(path: &Path) -> Result<Option<Value>, CardError> {
+    let mut bytes = Vec::new();
+    File::open(path)?.take(README_PREFIX_BYTES).read_to_end(&mut bytes)?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        // The prefix may end inside a character; what comes before it is the text.
+        Err(e) if e.error_len().is_none() => {
+            bytes.get(..e.valid_up_to()).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+        }
+        Err(_) => return Ok(None),
+    };
+    card_data(text)
+}
+
+/// `cardData` for a README: `Ok(None)` when there is no front matter, `Err` when it does not parse, is over the
+/// YAML budget (an alias bomb, deep nesting, huge scalars) or is not a mapping (the Hub then shows no card data
+/// either).
+///
+/// # Errors
+/// [`CardError::Yaml`] and [`CardError::NotAMapping`].
+pub(crate) fn card_data(readme: &str) -> Result<Option<Value>, CardError> {
     let Some(yaml) = front_matter(readme) else {
         return Ok(None);
     };
-    let docs = YamlLoader::load_from_str(yaml).map_err(|e| e.to_string())?;
-    match docs.first() {
+    match yaml::load(yaml, Budget::default())? {
         None => Ok(None),
-        Some(Yaml::Hash(_)) => Ok(docs.first().map(yaml_to_json)),
-        Some(_) => Err("front matter is not a mapping".to_owned()),
-    }
-}
-
-fn yaml_to_json(y: &Yaml) -> Value {
-    match y {
-        Yaml::Real(s) => {
-            s.parse::<f64>().ok().and_then(Number::from_f64).map_or(Value::String(s.clone()), Value::Number)
-        }
-        Yaml::Integer(i) => Value::Number((*i).into()),
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(h) => {
-            let mut map = Map::new();
-            for (k, v) in h {
-                let key = match k {
-                    Yaml::String(s) | Yaml::Real(s) => s.clone(),
-                    Yaml::Integer(i) => i.to_string(),
-                    Yaml::Boolean(b) => b.to_string(),
-                    Yaml::Null => "null".to_owned(),
-                    // Complex keys have no JSON form; the Hub's YAML parser would reject the card anyway.
-                    _ => continue,
-                };
-                map.insert(key, yaml_to_json(v));
-            }
-            Value::Object(map)
-        }
-        Yaml::Alias(_) | Yaml::Null | Yaml::BadValue => Value::Null,
+        Some(card @ Value::Object(_)) => Ok(Some(card)),
+        Some(_) => Err(CardError::NotAMapping),
     }
 }
 
@@ -125,6 +144,39 @@ mod tests {
         check("---\nlicense: mit\n", None);
         assert!(card_data("---\n- a\n- b\n---\n").is_err());
         assert!(card_data("---\nkey: [unclosed\n---\n").is_err());
+    }
+
+    #[test]
+    fn issue_11_hostile_front_matter_is_an_error() {
+        let bomb = "---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
+                    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n\
+                    f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n---\n";
+        let err = card_data(bomb).expect_err("bomb");
+        assert!(matches!(err, CardError::Yaml(YamlError::TooManyNodes { .. })), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "model card front matter: yaml expands to more than 131072 nodes (aliases repeat too much)"
+        );
+        // A front matter that runs past the limit is refused, whether or not it is terminated.
+        let long = format!("---\nk: {}\n", "x".repeat(yaml::MAX_INPUT_BYTES));
+        assert!(matches!(card_data(&long), Err(CardError::Yaml(YamlError::TooLong { .. }))));
+        assert!(matches!(card_data(&format!("{long}---\n")), Err(CardError::Yaml(YamlError::TooLong { .. }))));
+        assert!(matches!(card_data("---\n[1]\n---\n"), Err(CardError::NotAMapping)));
+    }
+
+    #[test]
+    fn read_card_reads_a_bounded_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("README.md");
+        // A card followed by megabytes of body, with a multi-byte character cut by the prefix.
+        let mut text = "---\nlicense: mit\n---\n".to_owned();
+        while text.len() < README_PREFIX_BYTES as usize - 1 {
+            text.push('x');
+        }
+        text.push_str(&"é".repeat(1 << 20));
+        std::fs::write(&path, &text).expect("write");
+        assert_eq!(read_card(&path).expect("card"), Some(json!({"license": "mit"})));
+        assert!(matches!(read_card(&dir.path().join("missing")), Err(CardError::Io(_))));
     }
 
     #[test]

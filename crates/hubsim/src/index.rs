@@ -293,13 +293,14 @@ impl Scanner {
         let config_json = read_json("config.json");
         let adapter_json = read_json("adapter_config.json");
         let index_json = read_json("model.safetensors.index.json");
-        let card = match files.get("README.md").map(|f| fs::read_to_string(&f.abs)) {
-            Some(Ok(text)) => card::card_data(&text).unwrap_or_else(|e| {
-                tracing::warn!(repo = %id, error = %e, "model card front matter does not parse");
+        // A card that cannot be read or parsed (an alias bomb included) leaves the repo without `cardData`, as on
+        // the Hub; the repo is still served.
+        let card = files.get("README.md").and_then(|f| {
+            card::read_card(&f.abs).unwrap_or_else(|e| {
+                tracing::warn!(repo = %id, error = %e, "model card has no card data");
                 None
-            }),
-            _ => None,
-        };
+            })
+        });
         let safetensors = safetensors_info(id, &files, index_json.as_ref());
         let derived = derive(id, &files, card.as_ref(), config_json.as_ref(), adapter_json.as_ref(), &safetensors);
         let to_date = |t: Option<&SystemTime>| t.map_or(DateTime::UNIX_EPOCH, |t| DateTime::<Utc>::from(*t));
@@ -709,12 +710,22 @@ mod tests {
             &root.join("ground_truth.json"),
             br#"{"models":[{"model":"org/base","created_at":"2024-03-01T00:51:00Z"}]}"#,
         );
+        // Issue #11: an alias bomb in a card leaves that repo without card data; the scan goes on.
+        write(
+            &root.join("org/bomb/README.md"),
+            b"---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
+              d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
+              g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n\
+              j: &j [*i,*i,*i,*i,*i,*i,*i,*i,*i]\nbase_model: org/base\n---\n",
+        );
         #[cfg(unix)]
         std::os::unix::fs::symlink("/etc/passwd", root.join("org/base/passwd")).expect("symlink");
 
         let mut scanner = Scanner::default();
         let (index, report) = scanner.scan(root, &opts(), &Index::default()).expect("scan");
-        assert_eq!(index.repos.keys().collect::<Vec<_>>(), ["org/base", "org/child"]);
+        assert_eq!(index.repos.keys().collect::<Vec<_>>(), ["org/base", "org/bomb", "org/child"]);
+        let bomb = &index.repos["org/bomb"];
+        assert!(bomb.card.is_none() && bomb.base_models.is_empty(), "{:?}", bomb.card);
         assert!(report.skipped.iter().any(|s| s.contains("bad..name")), "{report:?}");
         #[cfg(unix)]
         assert!(report.skipped.iter().any(|s| s.ends_with("passwd: symlink")), "{report:?}");

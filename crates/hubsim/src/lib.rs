@@ -9,6 +9,8 @@
 //! - [`ServerConfig`] (plain struct with Hub defaults) → [`Server::bind`] binds two listeners, the Hub (API and
 //!   `/resolve/`) and its CDN (signed LFS URLs), and scans the root into an index (`index`: commit shas, git and
 //!   LFS ids, card data, tags, safetensors parameter counts).
+//! - Card front matter is read through [`yaml::load`], a YAML loader with a budget (input length, depth, and the
+//!   nodes and bytes aliases expand to), so a hostile card costs that repo its `cardData` and nothing more.
 //! - [`Server::run`] / [`serve`] serve until a shutdown future completes; [`spawn`] runs in the background and
 //!   returns a [`Handle`] with the request log, the early-request list, `rescan` and `shutdown`, for tests.
 //! - Each request is rate limited per bucket (`limits`), may draw a seeded fault (`faults`: 5xx, reset or truncated
@@ -54,6 +56,7 @@ mod limits;
 mod safetensors;
 mod server;
 mod wire;
+pub mod yaml;
 
 pub use config::{FaultConfig, FaultScope, Limits, QuotaConfig, ServerConfig, Storm};
 pub use faults::Fault;
