@@ -48,9 +48,10 @@ pub struct ServerConfig {
     /// [`crate::Handle::rescan`].
     pub rescan_interval: Option<Duration>,
     /// Rescan the root before answering the first page of a model listing (a request without `cursor`), so repos
-    /// added to or removed from the folder show up in the next listing without a restart. File hashes are cached
-    /// by size and mtime, so a rescan of an unchanged folder only stats it. Default `false`; `modeltree hub
-    /// serve` turns it on.
+    /// added to or removed from the folder show up in the next listing without a restart. The rescan happens only
+    /// when the mtimes of the root, its entries or the orgs' entries changed, or the last scan is more than ten
+    /// seconds old (a file edited in place inside a repo changes no folder's mtime, so it shows within that
+    /// time). Default `false`; `modeltree hub serve` turns it on.
     pub rescan_on_list: bool,
     /// How many requests the in-memory request log keeps (oldest dropped first). Default 100,000.
     pub log_capacity: usize,

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -147,11 +147,60 @@ struct CachedHash {
     sha256: Option<String>,
 }
 
+/// How long the picture of the root taken at a scan is trusted for [`Scanner::is_current`]. A file edited in place
+/// inside a repo changes no folder's mtime, so such an edit shows in a listing after at most this long.
+pub(crate) const SHAPE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// A picture whose newest mtime is this close to the moment it was taken is not trusted: mtimes have a coarse
+/// granularity (a kernel tick; two seconds on FAT), so a repo pushed in the same tick as the picture would leave
+/// it unchanged.
+const SHAPE_RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// The root's shape: the mtimes of the root, of every entry in it and of every entry of each org folder. Creating,
+/// removing or renaming a repo or an org changes one of them, so comparing two shapes costs a `readdir` of the
+/// root and of each org instead of a scan of every repo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shape(Vec<(PathBuf, Option<SystemTime>)>);
+
+impl Shape {
+    /// # Errors
+    /// When the root cannot be read; an org folder that cannot be read contributes only its own mtime.
+    pub fn of(root: &Path) -> io::Result<Shape> {
+        let mut seen = vec![(root.to_path_buf(), fs::metadata(root)?.modified().ok())];
+        for entry in sorted_dir(root)? {
+            // `DirEntry::metadata` does not follow symlinks, as the scan does not.
+            let meta = entry.metadata().ok();
+            seen.push((entry.path(), meta.as_ref().and_then(|m| m.modified().ok())));
+            if meta.is_some_and(|m| m.is_dir()) {
+                for repo in sorted_dir(&entry.path()).unwrap_or_default() {
+                    seen.push((repo.path(), repo.metadata().ok().and_then(|m| m.modified().ok())));
+                }
+            }
+        }
+        Ok(Shape(seen))
+    }
+
+    /// Whether every mtime is known and older than `taken` by more than the racy window.
+    fn settled_before(&self, taken: SystemTime) -> bool {
+        self.0.iter().all(|(_, mtime)| mtime.is_some_and(|t| t + SHAPE_RACY_WINDOW < taken))
+    }
+}
+
+/// The shape of the root when the last scan started.
+#[derive(Debug)]
+struct LastShape {
+    shape: Shape,
+    wall: SystemTime,
+    at: Instant,
+}
+
 /// Scans the root; keeps file hashes between scans, keyed by path, size and mtime, so a rescan reads only changed
 /// files.
 #[derive(Debug, Default)]
 pub(crate) struct Scanner {
     cache: HashMap<PathBuf, CachedHash>,
+    /// The root's shape taken before the last scan walked it, so a change made during the walk also differs.
+    last_shape: Option<LastShape>,
     /// Whether a scan has completed: repos that appear in a later scan were just pushed, so their
     /// `lastModified` is the time they appeared, as on the Hub (a crawler listing by `lastModified` must see
     /// them first).
@@ -166,6 +215,7 @@ impl Scanner {
     /// # Errors
     /// Only when the root itself cannot be read; problems inside a repo skip that repo or file.
     pub fn scan(&mut self, root: &Path, opts: &ScanOptions, previous: &Index) -> io::Result<(Index, ScanReport)> {
+        let shape = Shape::of(root).ok().map(|shape| LastShape { shape, wall: SystemTime::now(), at: Instant::now() });
         let mut report = ScanReport::default();
         let created = ground_truth_dates(root, &mut report);
         let mut repos = BTreeMap::new();
@@ -235,7 +285,18 @@ impl Scanner {
         }
         report.repos = index.repos.len();
         self.scanned = true;
+        self.last_shape = shape;
         Ok((index, report))
+    }
+
+    /// Whether a scan of `root` now would find what the last one found, as far as a look at the root's shape can
+    /// tell: the shape is unchanged, it was settled when taken, and it is younger than [`SHAPE_MAX_AGE`]. A listing
+    /// rescans only when this is false, so a busy crawler's listings do not re-read every repo each time.
+    pub fn is_current(&self, root: &Path, now: Instant) -> bool {
+        let Some(last) = &self.last_shape else { return false };
+        now.saturating_duration_since(last.at) < SHAPE_MAX_AGE
+            && last.shape.settled_before(last.wall)
+            && Shape::of(root).is_ok_and(|shape| shape == last.shape)
     }
 
     fn scan_repo(

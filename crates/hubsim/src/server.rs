@@ -105,6 +105,8 @@ struct Shared {
     limiter: Mutex<Limiter>,
     log: Mutex<RequestLog>,
     seq: AtomicU64,
+    /// Scans of the root started so far (for tests: a listing of an unchanged folder must not scan).
+    scans: AtomicU64,
     /// Key of the CDN URL signatures, fresh per server.
     secret: [u8; 32],
     addr: SocketAddr,
@@ -123,7 +125,22 @@ impl Shared {
 
     /// Scans the root (blocking; call from a blocking context) and swaps the new index in.
     fn rescan_blocking(&self) -> Result<ScanReport, ServeError> {
-        let mut scanner = lock(&self.scanner);
+        let scanner = lock(&self.scanner);
+        self.rescan_locked(scanner)
+    }
+
+    /// Rescans the root unless its shape says nothing was added, removed or renamed since the last scan (and that
+    /// scan is recent: see [`crate::index::SHAPE_MAX_AGE`]).
+    fn rescan_if_changed(&self) -> Result<(), ServeError> {
+        let scanner = lock(&self.scanner);
+        if scanner.is_current(&self.config.root, Instant::now()) {
+            return Ok(());
+        }
+        self.rescan_locked(scanner).map(drop)
+    }
+
+    fn rescan_locked(&self, mut scanner: MutexGuard<'_, Scanner>) -> Result<ScanReport, ServeError> {
+        self.scans.fetch_add(1, Ordering::SeqCst);
         let previous = self.index();
         let (index, report) = scanner
             .scan(&self.config.root, &self.scan_options, &previous)
@@ -194,6 +211,7 @@ impl Server {
             limiter: Mutex::new(limiter),
             log: Mutex::new(RequestLog::default()),
             seq: AtomicU64::new(0),
+            scans: AtomicU64::new(0),
             secret,
             addr,
             cdn_addr,
@@ -316,6 +334,11 @@ impl Handle {
         let mut log = lock(&self.shared.log);
         log.all.clear();
         log.early.clear();
+    }
+
+    /// How many scans of the root have started, the one at bind included.
+    pub fn scans(&self) -> u64 {
+        self.shared.scans.load(Ordering::SeqCst)
     }
 
     /// Rescans the root now (tests add or change repos between crawls).
@@ -662,14 +685,16 @@ async fn handle(
         limiter.check(&client, tier, b, at)
     });
     let own_addr = if kind == Listener::Hub { shared.addr } else { shared.cdn_addr };
-    // A listing's first page sees the folder as it is now. The scan runs on this worker: it is a stat per file
-    // when nothing changed, and a listing is rare next to file reads.
+    // A listing's first page sees the folder as it is now. The scan runs on this worker, and only when the root's
+    // shape changed (a repo or org added, removed or renamed) or the last scan is older than `SHAPE_MAX_AGE`:
+    // looking at the shape is a `readdir` of the root and of each org, a scan re-reads every repo's card, config
+    // and safetensors headers.
     let first_page = || !parse_query(parts.uri.query().unwrap_or_default()).iter().any(|(k, _)| k == "cursor");
     if shared.config.rescan_on_list
         && matches!(route, Route::ListModels)
         && verdict.as_ref().is_none_or(|v| v.allowed)
         && first_page()
-        && let Err(e) = shared.rescan_blocking()
+        && let Err(e) = shared.rescan_if_changed()
     {
         tracing::warn!(error = %e, "rescan before listing failed; keeping the previous index");
     }

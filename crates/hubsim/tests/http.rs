@@ -738,6 +738,47 @@ async fn listing_rescans_and_new_repos_sort_first() {
     assert_eq!(get_json(&c, &format!("{}/api/models/acme/sharded", server.url())).await.0, 401);
 }
 
+/// Sets the mtime of the root, its orgs and their repos an hour back, so that the listing's look at the folder's
+/// shape trusts it (a shape with an mtime from the last two seconds is rescanned anyway).
+fn backdate(root: &Path) {
+    let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let mut dirs = vec![root.to_path_buf()];
+    for org in fs::read_dir(root).expect("root") {
+        let org = org.expect("org").path();
+        dirs.extend(fs::read_dir(&org).expect("org dir").map(|repo| repo.expect("repo").path()));
+        dirs.push(org);
+    }
+    for dir in dirs {
+        fs::File::open(&dir).expect("open dir").set_modified(past).expect("backdate");
+    }
+}
+
+/// Issue #11: `hub serve` re-read every repo (cards, configs, safetensors headers) for each listing. A listing of
+/// an unchanged folder must not scan it, and a repo pushed into it must still show in the next listing.
+#[tokio::test]
+async fn issue_11_listing_rescans_only_when_the_folder_changed() {
+    let (_dir, root) = fixture();
+    backdate(&root);
+    let server = start(ServerConfig { rescan_on_list: true, ..config(&root) }).await;
+    let c = client();
+    let ids = || async {
+        let (_, _, list) = get_json(&c, &format!("{}/api/models?sort=lastModified&direction=-1", server.url())).await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        list.iter().map(|m| m["id"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(server.scans(), 1, "the scan at start");
+    for _ in 0..3 {
+        assert_eq!(ids().await.len(), 3);
+    }
+    assert_eq!(server.scans(), 1, "listings of an unchanged folder do not rescan it");
+    write(&root.join("acme/pushed/config.json"), b"{}");
+    let listed = ids().await;
+    assert_eq!(listed.first().map(String::as_str), Some("acme/pushed"), "{listed:?}");
+    assert_eq!(server.scans(), 2);
+    fs::remove_dir_all(root.join("acme/pushed")).expect("remove");
+    assert_eq!(ids().await.len(), 3);
+}
+
 #[tokio::test]
 async fn shutdown_stops_listening() {
     let (_dir, root) = fixture();
