@@ -45,7 +45,7 @@ PY
 start=$SECONDS
 "$bin" --db "$work/scan.db" scan "$zoo" >/dev/null
 printf '%-18s %13s %13s %8s %16s %8s %8s\n' run "bytes fetched" "checkpoint" share "req/model a/r/c" "edge acc" "typed F1"
-printf '%-18s %13s %13s %8s %16s %8s %8s\n' "scan (local mmap)" - - - - $(score "$work/scan.db")
+printf '%-18s %13s %13s %8s %16s %8s %8s\n' "scan (local)" - - - - $(score "$work/scan.db")
 serve "$port"
 for f in $fractions; do
   db=$work/crawl-$f.db

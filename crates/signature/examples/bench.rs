@@ -2,21 +2,22 @@
 //!
 //! ```text
 //! bench write FILE GIB      write a synthetic Llama-like bf16 checkpoint of at least GIB GiB
-//! bench hash FILE [REPEAT]  one-thread blake3 over the whole mapped file (the baseline)
+//! bench hash FILE [REPEAT]  one-thread blake3 over the whole file, read in signing windows (the baseline)
 //! bench sign FILE THREADS [REPEAT]
 //!                           full signature with a rayon pool of THREADS (0 = all cores)
 //! ```
 //! Each measurement prints one `key=value` line: GB/s by wall time (best and median run), GB/s by CPU time
 //! (bytes over the seconds the process's threads spent on a CPU, robust to a shared machine; for several threads
-//! it is per CPU, not total) and `VmHWM` (peak resident set, which counts mapped file pages while they are
-//! mapped), read from `/proc/self/status` at the end of the process.
+//! it is per CPU, not total) and `VmHWM` (peak resident set: the read buffers in flight), read from
+//! `/proc/self/status` at the end of the process.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use signature::mmap::MappedFile;
+use signature::file::{Buffers, LocalFile};
+use signature::reader::WINDOW_BYTES;
 use signature::{Scheme, SignOptions, sign_files};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -148,13 +149,20 @@ fn report(what: &str, bytes: u64, wall: &mut [f64], cpu: &mut [f64]) {
 }
 
 fn hash(path: &Path, repeat: usize) -> Result<()> {
-    let file = MappedFile::open(path)?;
+    let file = LocalFile::open(path)?;
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     let mut digest = None;
     for _ in 0..repeat.max(1) {
         let (d, w, c) = timed(|| -> Result<blake3::Hash> {
-            let window = file.window(0, file.len(), false)?;
-            Ok(blake3::Hasher::new().update(&window).finalize())
+            let mut hasher = blake3::Hasher::new();
+            let buffers = Buffers::default();
+            let mut offset = 0;
+            while offset < file.len() {
+                let len = WINDOW_BYTES.min(file.len() - offset);
+                hasher.update(&file.read_pooled(offset, len, &buffers)?);
+                offset += len;
+            }
+            Ok(hasher.finalize())
         });
         wall.push(w);
         cpu.push(c);

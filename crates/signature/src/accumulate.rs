@@ -1,6 +1,6 @@
 //! Building one [`TensorSignature`] from a stream of row blocks.
 //!
-//! [`TensorAccumulator`] is the single extraction path: the mmap reader feeds it slices of the mapped file, a
+//! [`TensorAccumulator`] is the single extraction path: the local reader feeds it slices of the file, a
 //! network reader will feed it HTTP range bodies, and both must feed exactly the rows that
 //! [`selected_row_blocks`] names, in order. Per piece it hashes the raw bytes (blake3), decodes them a chunk at a
 //! time into a small `f32` buffer, optionally multiplies by quantisation scales, and hands the values to a
@@ -183,7 +183,7 @@ impl ValueSketcher {
     /// Length of the segment starting at element `e`, at most `max`: segments end at multiples of [`CHUNK`]
     /// and, for sketched tensors, at row ends. Moments are merged per segment, so fixing segment boundaries
     /// by absolute position makes the signature bit-for-bit independent of how the bytes were split into
-    /// pieces (a mapped file and an HTTP stream give the same result).
+    /// pieces (a local file and an HTTP stream give the same result).
     fn segment_len(&self, e: u64, max: usize) -> usize {
         (self.natural_len(e) as usize).min(max)
     }
@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn pieces_do_not_change_the_result() {
         // Moments are merged per segment at fixed positions, so any split into pieces gives the same bits: a
-        // mapped file and an HTTP stream agree exactly. Rows of 3000 elements straddle the 8192-element grid.
+        // local file and an HTTP stream agree exactly. Rows of 3000 elements straddle the 8192-element grid.
         let scheme = Scheme::default();
         for (dtype, bytes) in [
             (Dtype::F32, f32_bytes(&values(300 * 3000, 2, 0.05))),

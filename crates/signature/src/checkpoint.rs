@@ -13,7 +13,7 @@
 //! 3. Then [`Need::Headers`]: the caller reads the header of every file of [`Checkpoint::weights`], one range
 //!    at a time as [`read_header`] asks, and hands the parsed headers to [`Checkpoint::plan`], which checks them
 //!    against the shard index and builds the [`SignPlan`]: every byte range the signature needs.
-//! 4. The caller runs the plan on its bytes: [`SignPlan::run_parallel`] over mapped files, [`SignPlan::run`]
+//! 4. The caller runs the plan on its bytes: [`SignPlan::run_parallel`] over local files, [`SignPlan::run`]
 //!    over a stream of fetched ranges. Both feed the same per-tensor executor, so every caller gets the same
 //!    [`crate::ModelSignature`], bit for bit.
 //!

@@ -3,7 +3,7 @@
 //! Safetensors stores tensors row-major, so one row block (a run of rows along the first axis) is one contiguous
 //! byte range. With `scheme.row_fraction < 1` only a seeded subset of row blocks is read; the subset depends on
 //! `(scheme, name, shape)` only, so every model of an architecture reads the same rows and their signatures stay
-//! comparable. A network reader turns [`selected_row_blocks`] into HTTP ranges; the mmap reader uses the same
+//! comparable. A network reader turns [`selected_row_blocks`] into HTTP ranges; the local reader uses the same
 //! function, so both paths feed a [`crate::TensorAccumulator`] the same bytes.
 //!
 //! Rank-0 and rank-1 tensors (norms, biases, scalars) are treated as columns of one-element rows and always read

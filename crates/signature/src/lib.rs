@@ -23,26 +23,26 @@
 //!   into the [`ModelSignature`], either in parallel over tensors from a [`RandomAccess`] source or in order
 //!   from a streaming [`ByteSource`]; both run each tensor through the same code.
 //!
-//! [`reader`] is the local caller: [`sign_model_dir`] and [`sign_files`] read through the narrow [`mmap`]
-//! wrapper and run the plan in parallel. The `hub` crate is the remote caller: it reads the same things as
+//! [`reader`] is the local caller: [`sign_model_dir`] and [`sign_files`] read through [`file`] (positioned
+//! reads, so a file truncated while being signed is an error, not a SIGBUS) and run the plan in parallel. The `hub` crate is the remote caller: it reads the same things as
 //! HTTP ranges and streams them into [`SignPlan::run`].
 //!
 //! **Adding a file format** (GGUF, PyTorch `.bin`) means adding a header parser that yields a [`Header`] and
 //! teaching [`checkpoint`] which file names hold it and how its header is read; see the [`checkpoint`] docs.
 //! Neither caller changes.
 //!
-//! **Invariant:** no network IO and no SQL here; the only IO is [`reader`]'s, on local files. The only
-//! `unsafe` code of the project is the file mapping in [`mmap`].
+//! **Invariant:** no network IO and no SQL here; the only IO is [`reader`]'s, on local files. No `unsafe` code:
+//! files are read, not mapped.
 
 pub mod accumulate;
 pub mod adapter;
 pub mod checkpoint;
 pub mod decode;
+pub mod file;
 pub mod header;
 pub mod index;
 mod json;
 pub mod layout;
-pub mod mmap;
 pub mod model;
 pub mod moments;
 pub mod packed;
@@ -73,4 +73,4 @@ pub use packed::{
 };
 pub use plan::{Job, PlanError, TensorRef, plan};
 pub use reader::{FileUsed, ModelDir, SignError, sign_files, sign_model_dir};
-pub use source::{ByteSource, MappedSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};
+pub use source::{ByteSource, LocalSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};

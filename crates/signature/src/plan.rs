@@ -10,7 +10,7 @@
 //!   signature of the dequantised `[out, in]` weight, named `X.weight` (see [`crate::packed`]). Inconsistent
 //!   packed shapes, or another width than 4 bits, are an error rather than a silently raw signature.
 //!
-//! [`plan`] returns these as [`Job`]s; the mmap reader runs them, and a network reader can run the same jobs on
+//! [`plan`] returns these as [`Job`]s; the local reader runs them, and a network reader can run the same jobs on
 //! ranged reads, so both agree on what a model's signature contains.
 //!
 //! [`TensorSignature`]: crate::model::TensorSignature

@@ -11,7 +11,7 @@
 //! Two drivers pull those bytes, and both hand them to the one per-tensor executor (`JobRun`: build the
 //! [`TensorAccumulator`], scales, [`lora_delta_signature`] or [`packed_signature`], feed it, finish it), so
 //! there is one piece of code from a plan plus bytes to a [`ModelSignature`]:
-//! - [`SignPlan::run_parallel`] over a [`RandomAccess`] source (mapped local files, [`MappedSource`]): one
+//! - [`SignPlan::run_parallel`] over a [`RandomAccess`] source (local files, [`LocalSource`]): one
 //!   rayon task per signed tensor, largest first, each reading its own pieces and dropping them as they are
 //!   consumed.
 //! - [`SignPlan::run`] over a streaming [`ByteSource`] (HTTP ranges): adjacent pieces of one file are merged
@@ -33,9 +33,9 @@ use rayon::prelude::*;
 use crate::accumulate::{Scales, TensorAccumulator, TensorError};
 use crate::adapter::{LoraConfig, TensorBytes, lora_delta_signature};
 use crate::checkpoint::ModelError;
+use crate::file::{Buffer, Buffers, LocalFile};
 use crate::header::{Header, TensorInfo};
 use crate::layout::{RowLayout, selected_row_blocks};
-use crate::mmap::{MappedFile, Window};
 use crate::model::{ModelSignature, Scheme, TensorSignature};
 use crate::packed::{GptqFormat, PackedLayout, PackedTensors, packed_signature};
 use crate::plan::{self, PlanError, TensorRef};
@@ -623,37 +623,39 @@ impl<'a> JobRun<'a> {
     }
 }
 
-/// Mapped local files, in the order of the files the plan was built from. Each read maps its range and the
-/// mapping is dropped once its bytes are consumed, so the resident set stays near `threads × max_read`.
+/// Local files, in the order of the files the plan was built from. Each read is a positioned read into a pooled
+/// buffer that returns to the pool once its bytes are consumed, so the resident set stays near
+/// `threads × max_read`.
 #[derive(Debug)]
-pub struct MappedSource<'a> {
-    files: &'a [MappedFile],
+pub struct LocalSource<'a> {
+    files: &'a [LocalFile],
+    buffers: Buffers,
 }
 
-impl<'a> MappedSource<'a> {
-    pub fn new(files: &'a [MappedFile]) -> MappedSource<'a> {
-        MappedSource { files }
+impl<'a> LocalSource<'a> {
+    pub fn new(files: &'a [LocalFile]) -> LocalSource<'a> {
+        LocalSource { files, buffers: Buffers::default() }
     }
 }
 
-impl RandomAccess for MappedSource<'_> {
-    type Buf = Window;
+impl RandomAccess for LocalSource<'_> {
+    type Buf = Buffer;
     type Error = io::Error;
 
-    fn read_at(&self, read: &Read) -> io::Result<Window> {
+    fn read_at(&self, read: &Read) -> io::Result<Buffer> {
         let file = self
             .files
             .get(read.file)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read names a file the source does not have"))?;
-        file.window(read.range.start, read.len(), false)
+        file.read_pooled(read.range.start, read.len(), &self.buffers)
     }
 }
 
-impl ByteSource for MappedSource<'_> {
-    type Buf = Window;
+impl ByteSource for LocalSource<'_> {
+    type Buf = Buffer;
     type Error = io::Error;
 
-    fn read(&mut self, read: &Read) -> io::Result<Window> {
+    fn read(&mut self, read: &Read) -> io::Result<Buffer> {
         self.read_at(read)
     }
 }
@@ -721,7 +723,7 @@ mod tests {
         opts: &SignOptions,
         limits: ReadLimits,
     ) -> (ModelSignature, usize) {
-        let files: Vec<MappedFile> = paths.iter().map(|p| MappedFile::open(p).expect("open")).collect();
+        let files: Vec<LocalFile> = paths.iter().map(|p| LocalFile::open(p).expect("open")).collect();
         let headers: Vec<Header> = paths
             .iter()
             .map(|p| {
@@ -731,8 +733,8 @@ mod tests {
             .collect();
         let refs: Vec<&Header> = headers.iter().collect();
         let plan = SignPlan::new(&names(paths.len()), &refs, scheme, opts, limits).expect("plan");
-        let sig = plan.run(&mut MappedSource::new(&files)).expect("run");
-        let parallel = plan.run_parallel(&MappedSource::new(&files)).expect("run in parallel");
+        let sig = plan.run(&mut LocalSource::new(&files)).expect("run");
+        let parallel = plan.run_parallel(&LocalSource::new(&files)).expect("run in parallel");
         assert_eq!(parallel, sig, "{limits:?}");
         (sig, plan.reads().len())
     }
@@ -810,9 +812,9 @@ mod tests {
             SignPlan::new(&names(1), &[&header], &Scheme::default(), &SignOptions::default(), ReadLimits::default())
                 .expect("plan");
         assert!(matches!(plan.run(&mut Short(bytes.clone())), Err(RunError::WrongLength { .. })));
-        let files: Vec<MappedFile> = Vec::new();
-        assert!(matches!(plan.run(&mut MappedSource::new(&files)), Err(RunError::Read { .. })));
-        assert!(matches!(plan.run_parallel(&MappedSource::new(&files)), Err(RunError::Read { .. })));
+        let files: Vec<LocalFile> = Vec::new();
+        assert!(matches!(plan.run(&mut LocalSource::new(&files)), Err(RunError::Read { .. })));
+        assert!(matches!(plan.run_parallel(&LocalSource::new(&files)), Err(RunError::Read { .. })));
     }
 
     #[test]
