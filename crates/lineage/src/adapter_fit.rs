@@ -12,10 +12,6 @@ use signature::{ModelSignature, TensorSignature, ValueSource};
 /// 1 % of ‖W‖ stays under 0.1.
 pub(crate) const MERGED_FIT: f64 = 0.25;
 
-/// Sketch entries per tensor of the quick first pass ([`merged_residual`] with `per_tensor` = this): enough to
-/// tell a fit (≪ 1) from a miss (≥ 1), a sixteenth of a k = 64 sketch.
-pub(crate) const QUICK_ENTRIES: usize = 256;
-
 /// `Σ‖S_M − S_P − S_Δ‖² / Σ‖S_Δ‖²` over the adapter's sketched delta tensors that `base` and `merged` both have
 /// with sketches of the same size, on the first `per_tensor` entries of each sketch. `None` when no tensor can be
 /// compared or the update is zero.
@@ -54,6 +50,7 @@ fn same_sketch<'m>(m: &'m ModelSignature, delta: &TensorSignature, len: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::QUICK_ENTRIES;
     use crate::testkit::{adapter, cast_bf16, finetune, lora, root, scheme, sign};
 
     #[test]

@@ -24,6 +24,7 @@ mod adapter_fit;
 pub mod edmonds;
 pub mod eval;
 mod index;
+pub mod limits;
 mod mother;
 mod numeric;
 mod prepare;
@@ -34,9 +35,7 @@ pub mod union_find;
 
 use signature::ModelSignature;
 
-pub use index::{
-    DENSE_LIMIT, FamilySolution, FamilyUpdate, Index, OwnedModelInput, SCREEN_DIM, SCREEN_NEIGHBOURS, Touched,
-};
+pub use index::{FamilySolution, FamilyUpdate, Index, OwnedModelInput, Touched};
 
 /// How a child was made from its parent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -235,11 +234,11 @@ pub struct Options {
     /// MoTHer's λ: the kurtosis penalty is `λ·mean(D)`. Default 0.3, as in the paper.
     pub mother_lambda: f64,
     /// Architecture groups up to this size compare every pair of models exactly; larger groups compare each
-    /// model only with its screened nearest neighbours (design §4.1). Default [`DENSE_LIMIT`] (300): all-pairs
-    /// is O(n²·tensors), affordable there and exact.
+    /// model only with its screened nearest neighbours (design §4.1). Default [`limits::DENSE_LIMIT`], which
+    /// says why. A field so that tests can drive a dozen models through the screened path.
     pub dense_limit: usize,
-    /// Screened nearest neighbours per model in a large group. Default [`SCREEN_NEIGHBOURS`] (32), above the
-    /// 12 candidate parents the solver keeps per model.
+    /// Screened nearest neighbours per model in a large group. Default [`limits::SCREEN_NEIGHBOURS`], which says
+    /// why.
     pub screen_neighbours: usize,
 }
 
@@ -260,8 +259,8 @@ impl Default for Options {
             declared_base_weight: 0.5,
             lora_cost_factor: 0.5,
             mother_lambda: 0.3,
-            dense_limit: DENSE_LIMIT,
-            screen_neighbours: SCREEN_NEIGHBOURS,
+            dense_limit: limits::DENSE_LIMIT,
+            screen_neighbours: limits::SCREEN_NEIGHBOURS,
         }
     }
 }

@@ -21,31 +21,38 @@
 //!   recipe and get no edge; every edge is typed `finetune`, since MoTHer knows no types.
 
 use crate::edmonds::min_arborescence;
-use crate::index::{Group, Index, Placed};
+use crate::index::{FamilySolve, FamilyView, Group, Placed};
 use crate::solve::unplaced_full_by_group;
 use crate::{EdgeSource, Options, Relation};
 
 const OUTPUT_LAYER_NAMES: [&str; 5] = ["o_proj", "out_proj", "c_proj", ".wo.", "dense"];
 
-/// Solves one family; `members` are node ids in id order, the order MoTHer's `i < j` refers to.
-pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Placed> {
+/// Solves one family; `members` are node ids in id order, the order MoTHer's `i < j` refers to. MoTHer caches
+/// nothing, so it learns nothing for the index to keep.
+pub(crate) fn solve_family(ix: &FamilyView<'_, '_>, members: &[usize]) -> FamilySolve {
     let mut edges = Vec::new();
     for (g, positions) in unplaced_full_by_group(ix, members) {
         if positions.len() >= 2 {
             solve_cluster(ix, ix.group(g), &positions, ix.options(), &mut edges);
         }
     }
-    edges
+    FamilySolve { placed: edges, ..FamilySolve::default() }
 }
 
 /// Values standing in for a layer's weights: the paired samples, or the sketch when there are none.
-fn layer_values<'g>(ix: &'g Index<'_>, member: usize, slot: usize) -> &'g [f32] {
+fn layer_values<'g>(ix: &FamilyView<'g, '_>, member: usize, slot: usize) -> &'g [f32] {
     let node = ix.node(member);
     let t = node.tensor(slot);
     if t.samples.is_empty() { node.sketch(slot) } else { &t.samples }
 }
 
-fn solve_cluster(ix: &Index<'_>, group: &Group, positions: &[usize], options: &Options, edges: &mut Vec<Placed>) {
+fn solve_cluster(
+    ix: &FamilyView<'_, '_>,
+    group: &Group,
+    positions: &[usize],
+    options: &Options,
+    edges: &mut Vec<Placed>,
+) {
     let n = positions.len();
     let square: Vec<usize> = (0..group.slots.len()).filter(|&t| group.slots[t].is_square()).collect();
     let layers: Vec<usize> = if square.is_empty() { (0..group.slots.len()).collect() } else { square };

@@ -1,6 +1,12 @@
-//! Small numeric kernels on sketches and samples: exact dot products, singular values, ranks, cast tolerance.
+//! Small numeric kernels on sketches and samples: exact dot products, sketch differences, singular values,
+//! ranks, cast tolerance.
+//!
+//! Sketches are `k×k` matrices, handled as [`ndarray`] views over their stored row-major values
+//! ([`crate::index`]'s nodes hand them out as `ArrayView2`). nalgebra appears only inside
+//! [`singular_values`], where a decomposition is needed: the matrix is converted at that boundary.
 
 use nalgebra::DMatrix;
+use ndarray::{Array2, ArrayView2, Zip};
 use signature::Dtype;
 
 /// `Σ a·b` in f64. Products of two f32 are exact in f64, so the only error is the f64 summation: distances
@@ -20,12 +26,18 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     acc[0] + acc[1] + acc[2] + acc[3] + tail
 }
 
-/// Singular values, largest first, of a row-major `k×k` matrix.
-pub(crate) fn singular_values(values: &[f64], k: usize) -> Vec<f64> {
-    if k == 0 || values.len() != k * k {
+/// `a − b` element by element, in f64 (a sketched difference: sketches are linear in the weights).
+pub(crate) fn difference(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Array2<f64> {
+    Zip::from(a).and(b).map_collect(|&p, &q| f64::from(p) - f64::from(q))
+}
+
+/// Singular values, largest first (empty for an empty matrix).
+pub(crate) fn singular_values(m: ArrayView2<'_, f64>) -> Vec<f64> {
+    let (rows, cols) = m.dim();
+    if rows == 0 || cols == 0 {
         return Vec::new();
     }
-    let matrix = DMatrix::from_row_slice(k, k, values);
+    let matrix = DMatrix::from_fn(rows, cols, |i, j| m[[i, j]]);
     let mut sv: Vec<f64> = matrix.singular_values().iter().copied().collect();
     sv.sort_by(|a, b| b.total_cmp(a));
     sv
@@ -91,9 +103,18 @@ mod tests {
     }
 
     fn check_rank(values: &[f64], k: usize, expected_rank: usize, expected_effective: f64) {
-        let sv = singular_values(values, k);
+        let sv = singular_values(ArrayView2::from_shape((k, k), values).expect("k×k"));
         assert_eq!(numerical_rank(&sv, 0.05), expected_rank, "sv {sv:?}");
         assert!((effective_rank(&sv) - expected_effective).abs() < 1e-9, "sv {sv:?}");
+    }
+
+    #[test]
+    fn difference_is_elementwise() {
+        let a = [1.5f32, -2.0, 0.25, 4.0];
+        let b = [0.5f32, 1.0, 0.25, -4.0];
+        let (a, b) = (ArrayView2::from_shape((2, 2), &a[..]), ArrayView2::from_shape((2, 2), &b[..]));
+        let d = difference(a.expect("2×2"), b.expect("2×2"));
+        assert_eq!(d, ndarray::arr2(&[[1.0, -3.0], [0.0, 8.0]]));
     }
 
     #[test]

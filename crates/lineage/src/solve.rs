@@ -18,39 +18,38 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ndarray::Array2;
 use signature::ValueSource;
 
 use crate::edmonds::min_arborescence_in;
-use crate::index::{Group, Index, MergeMemo, Placed};
-use crate::numeric::{cast_equal, effective_rank, mantissa_bits, numerical_rank, singular_values};
+use crate::index::{FamilySolve, FamilyView, Group, Learned, MergeMemo, Placed, Scratch};
+use crate::limits::{
+    LOW_RANK_TESTED, MERGE_CANDIDATES, MERGE_REPAIRS, MERGE_TRIPLE_CANDIDATES, NEAREST_PARENTS, RANK_SLOTS,
+    SPARSE_ABOVE,
+};
+use crate::numeric::{cast_equal, difference, effective_rank, mantissa_bits, numerical_rank, singular_values};
 use crate::prepare::{Kind, is_block_weight};
 use crate::union_find::UnionFind;
 use crate::{EdgeSource, Options, Relation};
 
-/// Above this many models a family's arborescence only gets each model's nearest related candidates.
-const SPARSE_ABOVE: usize = 300;
-/// Candidate parents per model in large families. 12 rather than 24 halves the arborescence's edges (and the
-/// incremental re-solve of a 10,000-model family); on the synthetic 10,000-model bench edge accuracy went from
-/// 0.995 to 0.996, and families up to `SPARSE_ABOVE` (every zoo) keep all their related pairs.
-const NEAREST: usize = 12;
-/// Merge parents are searched among this many nearest relatives of the child.
-const MERGE_CANDIDATES: usize = 12;
 /// Merge recipes weight a parent by at most 1 (task arithmetic's λ ≤ 1, convex linear weights); a fit that
 /// needs more is some other affine relation among relatives.
 const MERGE_MAX_COEFFICIENT: f64 = 1.25;
-/// Three-regressor (task-arithmetic) fits try every triple of this many nearest relatives.
-const MERGE_TRIPLE_CANDIDATES: usize = 8;
 /// Relative kurtosis rise at which the kurtosis penalty reaches 76 % (tanh 1) of its weight.
 const KURTOSIS_SOFTNESS: f64 = 0.1;
-/// Slots (spread over depth) whose sketched difference is ranked for the LoRA test.
-const RANK_SLOTS: usize = 16;
-/// Rounds of cycle repair after merges (each removes one edge, so this bounds the work, not correctness).
-const MERGE_REPAIRS: usize = 64;
+/// Largest relative sketch distance at which a related pair is tested as a cast duplicate: rounding to bf16
+/// moves a tensor by well under 1 %, so anything farther cannot be a cast.
+const DUPLICATE_SCREEN: f64 = 0.02;
+/// A quantised model's candidate parents within this factor of the closest one's distance are a tie (a bf16
+/// copy and its f32 original are equally close to their int8 child), which a declared base wins.
+const QUANTIZED_TIE: f64 = 1.05;
 
 /// Solves one family: `members` are node ids in id order (so the result depends on the member set only).
-pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Placed> {
+/// `scratch` holds work buffers only: nothing in it carries from one solve to the next.
+pub(crate) fn solve_family(ix: &FamilyView<'_, '_>, members: &[usize], scratch: &mut Scratch) -> FamilySolve {
     // Merges give a child two edges; every other child has one at most.
     let mut edges = Vec::with_capacity(members.len() + members.len() / 8);
+    let mut learned = Learned::default();
     for &i in members {
         let node = ix.node(i);
         let Some(f) = node.fixed else { continue };
@@ -63,15 +62,15 @@ pub(crate) fn solve_family(ix: &Index<'_>, members: &[usize]) -> Vec<Placed> {
     }
     for (g, models) in unplaced_full_by_group(ix, members) {
         if models.len() >= 2 {
-            Subset::new(ix, g, models).solve(&mut edges);
+            Subset::new(*ix, g, models, scratch).solve(scratch, &mut learned, &mut edges);
         }
     }
-    edges
+    FamilySolve { placed: edges, learned }
 }
 
 /// The family's full models that no typed rule has placed yet, grouped by architecture group in first-seen
 /// order: the input of both arborescence solvers.
-pub(crate) fn unplaced_full_by_group(ix: &Index<'_>, members: &[usize]) -> Vec<(usize, Vec<usize>)> {
+pub(crate) fn unplaced_full_by_group(ix: &FamilyView<'_, '_>, members: &[usize]) -> Vec<(usize, Vec<usize>)> {
     let mut by_group: Vec<(usize, Vec<usize>)> = Vec::new();
     for &m in members {
         let node = ix.node(m);
@@ -92,10 +91,10 @@ fn edge(parent: usize, child: usize, relation: Relation, confidence: f64, source
 }
 
 /// The full models of one family inside one architecture group, indexed locally `0..n` in id order.
-struct Subset<'a, 'm> {
-    ix: &'a Index<'m>,
-    group: &'a Group,
-    options: &'a Options,
+struct Subset<'v, 'a> {
+    ix: FamilyView<'v, 'a>,
+    group: &'v Group,
+    options: &'v Options,
     /// Node ids of the local nodes.
     model: Vec<usize>,
     /// Related candidate partners of each local node with their distance, by local index: node `a`'s list is
@@ -123,36 +122,25 @@ struct Merge {
     confidence: f64,
 }
 
-/// Sketch inner products among a model and its nearest relatives, for least-squares fits.
+/// Sketch inner products among a model and its nearest relatives, for least-squares fits: the Gram matrix of
+/// their sketches, one per slot.
 struct Table {
     /// Local indices; the first is the model being explained.
     nodes: Vec<usize>,
-    /// `dots[i·m + j]` per slot.
-    dots: Vec<Arc<[f64]>>,
+    /// `dots[[i, j]][t]`: the inner product of `nodes[i]`'s and `nodes[j]`'s sketches at slot `t`.
+    dots: Array2<Arc<[f64]>>,
 }
 
 impl Table {
     fn g(&self, t: usize, x: usize, y: usize) -> f64 {
-        let m = self.nodes.len();
         let pos = |a: usize| self.nodes.iter().position(|&b| b == a).unwrap_or(0);
-        self.dots[pos(x) * m + pos(y)][t]
+        self.dots[[pos(x), pos(y)]][t]
     }
 }
 
-impl Drop for Subset<'_, '_> {
-    /// Hands the large buffers back to the index for the next solve.
-    fn drop(&mut self) {
-        let mut scratch = self.ix.scratch.borrow_mut();
-        scratch.adj_start = std::mem::take(&mut self.adj_start);
-        scratch.adj_list = std::mem::take(&mut self.adj_list);
-        scratch.near_list = std::mem::take(&mut self.near_list);
-    }
-}
-
-impl<'a, 'm> Subset<'a, 'm> {
-    fn new(ix: &'a Index<'m>, g: usize, model: Vec<usize>) -> Subset<'a, 'm> {
+impl<'v, 'a> Subset<'v, 'a> {
+    fn new(ix: FamilyView<'v, 'a>, g: usize, model: Vec<usize>, scratch: &mut Scratch) -> Subset<'v, 'a> {
         let n = model.len();
-        let mut scratch = ix.scratch.borrow_mut();
         // Node id → local index, as a flat table: the family's lookups are the solve's inner loop.
         let mut local = std::mem::take(&mut scratch.local);
         let size = model.iter().copied().max().map_or(0, |m| m + 1);
@@ -184,7 +172,6 @@ impl<'a, 'm> Subset<'a, 'm> {
             local[m] = u32::MAX;
         }
         scratch.local = local;
-        drop(scratch);
         let (mut sum, mut count) = (0.0, 0usize);
         for a in 0..n {
             for &(b, d) in &adj_list[adj_start[a]..adj_start[a + 1]] {
@@ -255,12 +242,20 @@ impl<'a, 'm> Subset<'a, 'm> {
         if self.declares(child, parent) { EdgeSource::Both } else { EdgeSource::Weights }
     }
 
-    fn solve(mut self, edges: &mut Vec<Placed>) {
+    /// Places the subset's models, then hands the large buffers back to `scratch` for the next solve.
+    fn solve(mut self, scratch: &mut Scratch, learned: &mut Learned, edges: &mut Vec<Placed>) {
+        self.place(scratch, learned, edges);
+        scratch.adj_start = std::mem::take(&mut self.adj_start);
+        scratch.adj_list = std::mem::take(&mut self.adj_list);
+        scratch.near_list = std::mem::take(&mut self.near_list);
+    }
+
+    fn place(&mut self, scratch: &mut Scratch, learned: &mut Learned, edges: &mut Vec<Placed>) {
         let n = self.n();
         let mut active = vec![true; n];
 
         // 1. Duplicates.
-        let duplicates = self.duplicates();
+        let duplicates = self.duplicates(learned);
         for (child, parent, exact) in duplicates {
             active[child] = false;
             let confidence = if exact { 1.0 } else { 0.9 };
@@ -293,8 +288,9 @@ impl<'a, 'm> Subset<'a, 'm> {
 
         // 3. Merges among the remaining models.
         let nodes: Vec<usize> = (0..n).filter(|&a| active[a]).collect();
-        let features = self.direction_features(&nodes);
-        let found: Vec<Option<Merge>> = (0..n).map(|v| if active[v] { self.merge(v, &active) } else { None }).collect();
+        let features = self.direction_features(learned, &nodes);
+        let found: Vec<Option<Merge>> =
+            (0..n).map(|v| if active[v] { self.merge(learned, v, &active) } else { None }).collect();
         let merges = self.resolve_merges(found, &features);
         for m in merges.iter().flatten() {
             for &base in m.regressors.iter().filter(|r| !m.parents.contains(r)) {
@@ -303,7 +299,8 @@ impl<'a, 'm> Subset<'a, 'm> {
         }
 
         // 4. Arborescence.
-        let mut candidates = self.candidate_edges(&nodes, &active, &features, &merges);
+        let buffer = std::mem::take(&mut scratch.candidates);
+        let mut candidates = self.candidate_edges(learned, buffer, &nodes, &active, &features, &merges);
         let root = n;
         let mut repairs = 0;
         let parents = loop {
@@ -313,13 +310,10 @@ impl<'a, 'm> Subset<'a, 'm> {
             candidates.extend(nodes.iter().map(|&v| (root, v, tau)));
             // Inactive nodes get a free root edge so the arborescence spans every index.
             candidates.extend((0..n).filter(|&v| !active[v]).map(|v| (root, v, 0.0)));
-            let found = {
-                let mut scratch = self.ix.scratch.borrow_mut();
-                min_arborescence_in(&mut scratch.arborescence, n + 1, root, &candidates)
-            };
+            let found = min_arborescence_in(&mut scratch.arborescence, n + 1, root, &candidates);
             candidates.truncate(count);
             let Some(parents) = found else {
-                self.ix.scratch.borrow_mut().candidates = candidates;
+                scratch.candidates = candidates;
                 return;
             };
             match merge_cycle(&parents, &merges, root) {
@@ -333,7 +327,7 @@ impl<'a, 'm> Subset<'a, 'm> {
 
         let tau = root_cost(&candidates, self.scale);
         let incoming = Incoming::new(n, &candidates);
-        self.ix.scratch.borrow_mut().candidates = candidates;
+        scratch.candidates = candidates;
         for &v in &nodes {
             if let Some(m) = &merges[v] {
                 for parent in m.parents {
@@ -345,7 +339,7 @@ impl<'a, 'm> Subset<'a, 'm> {
             let Some(parent) = parents[v].filter(|&u| u != root) else { continue };
             let relation = if self.quantized(v) && !self.quantized(parent) {
                 Relation::Quantized
-            } else if self.low_rank_pair(parent, v) == Some(true) {
+            } else if self.low_rank_pair(learned, parent, v) == Some(true) {
                 Relation::Lora
             } else {
                 Relation::Finetune
@@ -356,7 +350,7 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     /// `(child, parent, exact)` for every non-representative duplicate.
-    fn duplicates(&self) -> Vec<(usize, usize, bool)> {
+    fn duplicates(&self, learned: &mut Learned) -> Vec<(usize, usize, bool)> {
         let n = self.n();
         let mut uf = UnionFind::new(n);
         let mut exact_pairs = HashMap::new();
@@ -364,7 +358,7 @@ impl<'a, 'm> Subset<'a, 'm> {
         for a in 0..n {
             for &(b, d) in self.adj(a).iter().filter(|e| e.0 > a) {
                 // Rounding to bf16 moves a tensor by well under 1 %; anything farther cannot be a cast.
-                if d > 0.02 {
+                if d > DUPLICATE_SCREEN {
                     continue;
                 }
                 if let Some(exact) = self.duplicate_pair(a, b) {
@@ -375,13 +369,15 @@ impl<'a, 'm> Subset<'a, 'm> {
         }
         let mut out = Vec::new();
         for set in sets_of(&mut uf, &exact_pairs) {
+            let bits: Vec<u32> = set.iter().map(|&a| self.bits_in_use(learned, a)).collect();
             // The original carries the most information: the most mantissa bits in use (a bf16 → f32 upcast
             // uses no more than its source), then the narrower stored type (an exact upcast is the copy), then
             // the earlier upload, then the one not declaring another member, then the smaller id.
             let key = |a: usize| {
                 let declares_member = set.iter().any(|&b| b != a && self.declares(a, b));
+                let bits_in_use = set.iter().position(|&b| b == a).map_or(0, |at| bits[at]);
                 (
-                    std::cmp::Reverse(self.bits_in_use(a)),
+                    std::cmp::Reverse(bits_in_use),
                     self.precision(a),
                     self.created(a).unwrap_or(i64::MAX),
                     declares_member,
@@ -417,21 +413,27 @@ impl<'a, 'm> Subset<'a, 'm> {
     }
 
     /// The widest mantissa actually used by the samples of the 2-D float tensors (f32 view).
-    fn bits_in_use(&self, a: usize) -> u32 {
-        let node = self.ix.node(self.model[a]);
-        *node.bits_in_use.get_or_init(|| {
-            node.signature
-                .tensors
-                .iter()
-                .filter(|t| t.shape.len() == 2 && t.dtype.is_float())
-                .flat_map(|t| t.samples.iter())
-                .map(|x| {
-                    let mantissa = x.to_bits() & 0x007f_ffff;
-                    if mantissa == 0 { 0 } else { 23 - mantissa.trailing_zeros() }
-                })
-                .max()
-                .unwrap_or(0)
-        })
+    /// A property of the model alone: computed once per model and kept by the index.
+    fn bits_in_use(&self, learned: &mut Learned, a: usize) -> u32 {
+        let m = self.model[a];
+        let node = self.ix.node(m);
+        if let Some(bits) = node.bits_in_use.or_else(|| learned.bits_in_use.get(&m).copied()) {
+            return bits;
+        }
+        let bits = node
+            .signature
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2 && t.dtype.is_float())
+            .flat_map(|t| t.samples.iter())
+            .map(|x| {
+                let mantissa = x.to_bits() & 0x007f_ffff;
+                if mantissa == 0 { 0 } else { 23 - mantissa.trailing_zeros() }
+            })
+            .max()
+            .unwrap_or(0);
+        learned.bits_in_use.insert(m, bits);
+        bits
     }
 
     /// `Some(exact)` when `a` and `b` hold the same tensors, byte-equal (`exact`) or equal up to a cast.
@@ -477,7 +479,8 @@ impl<'a, 'm> Subset<'a, 'm> {
     fn quantized_parent(&self, v: usize, active: &[bool]) -> Option<(usize, f64)> {
         let ranked: Vec<usize> = self.near(v).iter().map(|e| e.0).filter(|&u| !self.quantized(u)).collect();
         let best = *ranked.first()?;
-        let near: Vec<usize> = ranked.iter().copied().filter(|&u| self.d(u, v) <= 1.05 * self.d(best, v)).collect();
+        let near: Vec<usize> =
+            ranked.iter().copied().filter(|&u| self.d(u, v) <= QUANTIZED_TIE * self.d(best, v)).collect();
         let parent = near
             .iter()
             .copied()
@@ -487,7 +490,7 @@ impl<'a, 'm> Subset<'a, 'm> {
         // Margin to the closest candidate that is not a near-tie.
         let confidence = ranked
             .iter()
-            .find(|&&u| self.d(u, v) > 1.05 * self.d(best, v))
+            .find(|&&u| self.d(u, v) > QUANTIZED_TIE * self.d(best, v))
             .map_or(1.0, |&u| 1.0 - self.d(best, v) / self.d(u, v).max(f64::MIN_POSITIVE));
         Some((parent, confidence))
     }
@@ -496,7 +499,7 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// arithmetic: `base + λ₁(P₁ − base) + λ₂(P₂ − base)` is linear in `P₁, P₂, base`), if it beats every single
     /// relative clearly. The parents are the two regressors with the largest coefficients (the base's
     /// coefficient `1 − λ₁ − λ₂` is the smallest in every recipe we know).
-    fn merge(&self, v: usize, active: &[bool]) -> Option<Merge> {
+    fn merge(&self, learned: &mut Learned, v: usize, active: &[bool]) -> Option<Merge> {
         // On the stack: this runs for every model of the family on every solve.
         let mut buffer = [0usize; MERGE_CANDIDATES];
         let mut len = 0;
@@ -514,7 +517,7 @@ impl<'a, 'm> Subset<'a, 'm> {
                 && memo.key.0.iter().zip(near).all(|(&m, &u)| m == self.model[u])
                 && memo.key.1.iter().zip(near).all(|(&declared, &u)| declared == self.declares(v, u))
         };
-        if let Some(memo) = self.ix.merges.borrow().get(&self.model[v])
+        if let Some(memo) = self.ix.merge_memo(learned, self.model[v])
             && same_key(memo)
         {
             let local = |m: usize| near.iter().copied().find(|&u| self.model[u] == m);
@@ -530,7 +533,7 @@ impl<'a, 'm> Subset<'a, 'm> {
             near.iter().map(|&u| self.model[u]).collect::<Vec<usize>>(),
             near.iter().map(|&u| self.declares(v, u)).collect::<Vec<bool>>(),
         );
-        let found = self.fit_merge(v, near);
+        let found = self.fit_merge(learned, v, near);
         let memo = found.as_ref().map(|m| {
             (
                 [self.model[m.parents[0]], self.model[m.parents[1]]],
@@ -538,11 +541,11 @@ impl<'a, 'm> Subset<'a, 'm> {
                 m.confidence,
             )
         });
-        self.ix.merges.borrow_mut().insert(self.model[v], MergeMemo { key, found: memo });
+        learned.merges.insert(self.model[v], MergeMemo { key, found: memo });
         found
     }
 
-    fn fit_merge(&self, v: usize, near: &[usize]) -> Option<Merge> {
+    fn fit_merge(&self, learned: &mut Learned, v: usize, near: &[usize]) -> Option<Merge> {
         let mut nodes = vec![v];
         nodes.extend_from_slice(near);
         let m = nodes.len();
@@ -550,9 +553,14 @@ impl<'a, 'm> Subset<'a, 'm> {
         for &x in &nodes {
             for &y in &nodes {
                 let (a, b) = (self.model[x], self.model[y]);
-                dots.push(if a == b { Arc::from(self.ix.node(a).norms.as_slice()) } else { self.ix.dots(a, b) });
+                dots.push(if a == b {
+                    Arc::from(self.ix.node(a).norms.as_slice())
+                } else {
+                    self.ix.dots(learned, a, b)
+                });
             }
         }
+        let dots = Array2::from_shape_vec((m, m), dots).ok()?;
         let table = Table { nodes, dots };
         let single = near.iter().map(|&u| self.fit(&table, v, &[u]).0).fold(f64::INFINITY, f64::min);
 
@@ -670,26 +678,25 @@ impl<'a, 'm> Subset<'a, 'm> {
     /// Whether the sketched difference of `a` and `b` is low-rank (`None` when no tensor changed).
     /// Cached in the index by node pair; computed with the pair in id order so the answer never depends on
     /// which edge asked first.
-    fn low_rank_pair(&self, a: usize, b: usize) -> Option<bool> {
+    fn low_rank_pair(&self, learned: &mut Learned, a: usize, b: usize) -> Option<bool> {
         let (ma, mb) = (self.model[a], self.model[b]);
-        let key = (ma.min(mb), ma.max(mb));
-        if let Some(&known) = self.ix.low_rank.borrow().get(&key) {
+        if let Some(known) = self.ix.low_rank(learned, ma, mb) {
             return known;
         }
         let (a, b) = if self.id(a) <= self.id(b) { (a, b) } else { (b, a) };
-        let result = self.compute_low_rank(a, b);
-        self.ix.low_rank.borrow_mut().insert(key, result);
+        let result = self.compute_low_rank(learned, a, b);
+        learned.low_rank.insert((ma.min(mb), ma.max(mb)), result);
         result
     }
 
-    fn compute_low_rank(&self, a: usize, b: usize) -> Option<bool> {
+    fn compute_low_rank(&self, learned: &mut Learned, a: usize, b: usize) -> Option<bool> {
         if !self.frozen_outside_blocks(a, b) {
             // Norms, embeddings or biases moved: every parameter was trained, whatever the rank of the update.
             return Some(false);
         }
         let g = self.group;
         let (x, y) = (self.ix.node(self.model[a]), self.ix.node(self.model[b]));
-        let dots = self.ix.dots(self.model[a], self.model[b]);
+        let dots = self.ix.dots(learned, self.model[a], self.model[b]);
         let slots = g.slots.len();
         let k = g.k;
         let step = slots.div_ceil(RANK_SLOTS).max(1);
@@ -703,12 +710,9 @@ impl<'a, 'm> Subset<'a, 'm> {
                 // Untouched (LoRA leaves most modules alone) or moved only by a cast.
                 continue;
             }
-            let (sa, sb) = (x.sketch(t), y.sketch(t));
-            if sa.len() != k * k || sb.len() != k * k {
-                continue;
-            }
-            let diff: Vec<f64> = sa.iter().zip(sb).map(|(p, q)| f64::from(*p) - f64::from(*q)).collect();
-            ranks.push(numerical_rank(&singular_values(&diff, k), self.options.lora_relative_sv));
+            let (Some(sa), Some(sb)) = (x.sketch_matrix(t, k), y.sketch_matrix(t, k)) else { continue };
+            let diff = difference(sa, sb);
+            ranks.push(numerical_rank(&singular_values(diff.view()), self.options.lora_relative_sv));
         }
         if ranks.is_empty() {
             return None;
@@ -740,7 +744,7 @@ impl<'a, 'm> Subset<'a, 'm> {
         })
     }
 
-    fn direction_features(&self, nodes: &[usize]) -> Vec<Features> {
+    fn direction_features(&self, learned: &mut Learned, nodes: &[usize]) -> Vec<Features> {
         let g = self.group;
         let mut out = vec![Features::default(); self.n()];
         for &a in nodes {
@@ -748,17 +752,19 @@ impl<'a, 'm> Subset<'a, 'm> {
             let kurtosis = x.kurtosis;
             let effective = if self.options.effective_rank_weight != 0.0 && !g.slots.is_empty() {
                 // A property of the model alone: computed once per model and kept by the index.
-                *x.effective_rank.get_or_init(|| {
-                    let k = g.k;
-                    let ranks: Vec<f64> = (0..g.slots.len())
-                        .filter(|&t| x.sketch(t).len() == k * k)
-                        .map(|t| {
-                            let values: Vec<f64> = x.sketch(t).iter().map(|&v| f64::from(v)).collect();
-                            effective_rank(&singular_values(&values, k))
-                        })
-                        .collect();
-                    if ranks.is_empty() { 0.0 } else { ranks.iter().sum::<f64>() / ranks.len() as f64 }
-                })
+                let m = self.model[a];
+                match x.effective_rank.or_else(|| learned.effective_rank.get(&m).copied()) {
+                    Some(known) => known,
+                    None => {
+                        let ranks: Vec<f64> = (0..g.slots.len())
+                            .filter_map(|t| x.sketch_matrix(t, g.k))
+                            .map(|sketch| effective_rank(&singular_values(sketch.mapv(f64::from).view())))
+                            .collect();
+                        let mean = if ranks.is_empty() { 0.0 } else { ranks.iter().sum::<f64>() / ranks.len() as f64 };
+                        learned.effective_rank.insert(m, mean);
+                        mean
+                    }
+                }
             } else {
                 0.0
             };
@@ -801,12 +807,13 @@ impl<'a, 'm> Subset<'a, 'm> {
 
     fn candidate_edges(
         &self,
+        learned: &mut Learned,
+        mut out: Vec<(usize, usize, f64)>,
         nodes: &[usize],
         active: &[bool],
         f: &[Features],
         merges: &[Option<Merge>],
     ) -> Vec<(usize, usize, f64)> {
-        let mut out = std::mem::take(&mut self.ix.scratch.borrow_mut().candidates);
         out.clear();
         for &v in nodes {
             if let Some(m) = &merges[v] {
@@ -815,7 +822,7 @@ impl<'a, 'm> Subset<'a, 'm> {
                 continue;
             }
             // Nearest first, with the distance (symmetric) carried along rather than looked up again; in a large
-            // family only the NEAREST nearest, plus declared bases farther away.
+            // family only the NEAREST_PARENTS nearest, plus declared bases farther away.
             let sparse = nodes.len() > SPARSE_ABOVE;
             let parents = self
                 .near(v)
@@ -823,15 +830,18 @@ impl<'a, 'm> Subset<'a, 'm> {
                 .copied()
                 .filter(|e| active[e.0])
                 .enumerate()
-                .filter(|&(rank, (u, _))| !sparse || rank < NEAREST || self.declares(v, u))
+                .filter(|&(rank, (u, _))| !sparse || rank < NEAREST_PARENTS || self.declares(v, u))
                 .map(|(_, e)| e);
             for (rank, (u, d)) in parents.enumerate() {
                 if merges[u].as_ref().is_some_and(|m| m.parents.contains(&v)) {
                     continue;
                 }
                 // The rank test costs SVDs: run it on the nearest few and on declared parents.
-                let low_rank =
-                    if rank < 3 || self.declares(v, u) { self.low_rank_pair(u, v) == Some(true) } else { false };
+                let low_rank = if rank < LOW_RANK_TESTED || self.declares(v, u) {
+                    self.low_rank_pair(learned, u, v) == Some(true)
+                } else {
+                    false
+                };
                 let distance = d * if low_rank { self.options.lora_cost_factor } else { 1.0 };
                 out.push((u, v, distance + self.direction_penalty(u, v, f)));
             }
