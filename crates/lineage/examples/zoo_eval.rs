@@ -17,6 +17,7 @@ use std::time::Instant;
 use lineage::eval::{Score, Truth, score};
 use lineage::{Method, ModelInput, Options, Prior, Recovery, Relation, recover};
 use nalgebra::DMatrix;
+use ndarray::{Array2, ArrayView2, ShapeBuilder, Zip};
 use serde_json::Value;
 use signature::{ModelSignature, Scheme, SignOptions, ValueSource, sign_model_dir};
 
@@ -357,9 +358,8 @@ fn difference_ranks(a: &ModelSignature, b: &ModelSignature) -> Vec<usize> {
             continue;
         }
         let k = sa.k as usize;
-        let m =
-            DMatrix::from_iterator(k, k, sa.values.iter().zip(&sb.values).map(|(&x, &y)| f64::from(x) - f64::from(y)));
-        let sv = m.singular_values();
+        let (Some(a), Some(b)) = (column_major(&sa.values, k), column_major(&sb.values, k)) else { continue };
+        let sv = svd_boundary(&Zip::from(a).and(b).map_collect(|&x, &y| f64::from(x) - f64::from(y))).singular_values();
         let top = sv.max();
         out.push(sv.iter().filter(|&&s| s > 0.05 * top).count());
     }
@@ -375,9 +375,16 @@ fn distance(a: &ModelSignature, b: &ModelSignature) -> f64 {
         let (Some(sa), Some(sb)) = (t.sketch.as_ref(), b.tensor(&t.name).and_then(|u| u.sketch.as_ref())) else {
             continue;
         };
-        let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-        let diff: f64 = sa.values.iter().zip(&sb.values).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
-        sum += diff.sqrt() / ((norm(&sa.values) + norm(&sb.values)) / 2.0);
+        let k = sa.k as usize;
+        let (Ok(a), Ok(b)) =
+            (ArrayView2::from_shape((k, k), &sa.values[..]), ArrayView2::from_shape((k, k), &sb.values[..]))
+        else {
+            continue;
+        };
+        // Row-major views iterate in storage order, so the sums below add in the order the values are stored.
+        let norm = |v: ArrayView2<'_, f32>| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        let diff: f64 = Zip::from(a).and(b).fold(0.0, |acc, &x, &y| acc + (f64::from(x) - f64::from(y)).powi(2));
+        sum += diff.sqrt() / ((norm(a) + norm(b)) / 2.0);
         count += 1;
     }
     sum / f64::from(count.max(1))
@@ -403,14 +410,24 @@ fn effective_rank(s: &ModelSignature) -> f64 {
         .filter_map(|t| t.sketch.as_ref())
         .map(|sk| {
             let k = sk.k as usize;
-            let m = DMatrix::from_iterator(k, k, sk.values.iter().map(|&v| f64::from(v)));
-            let sv = m.singular_values();
+            let sv = column_major(&sk.values, k)
+                .map_or_else(|| nalgebra::DVector::zeros(0), |m| svd_boundary(&m.mapv(f64::from)).singular_values());
             let total: f64 = sv.iter().sum();
             let h: f64 = sv.iter().filter(|&&x| x > 0.0).map(|&x| x / total).map(|p| -p * p.ln()).sum();
             h.exp()
         })
         .collect();
     ranks.iter().sum::<f64>() / ranks.len().max(1) as f64
+}
+
+/// A `k×k` sketch read column by column, the order these figures were first computed in (nalgebra's).
+fn column_major(values: &[f32], k: usize) -> Option<ArrayView2<'_, f32>> {
+    ArrayView2::from_shape((k, k).f(), values).ok()
+}
+
+/// The matrix as nalgebra holds it, for a decomposition: the one place the example leaves ndarray.
+fn svd_boundary(m: &Array2<f64>) -> DMatrix<f64> {
+    DMatrix::from_fn(m.nrows(), m.ncols(), |i, j| m[[i, j]])
 }
 
 /// Every `ORG/NAME` folder holding a safetensors file, sorted.
