@@ -1,4 +1,5 @@
-//! The index against batch recovery on random forests (incremental == batch), and its incremental API.
+//! The index against batch recovery on random forests: incremental == batch. Hand-made cases of the
+//! incremental API (bridges, splits, replaced revisions) are scenario files (`crate::scenarios`).
 
 use super::*;
 use crate::recover;
@@ -123,71 +124,4 @@ proptest! {
         let options = if screened { small_groups() } else { Options::default() };
         check_incremental(&specs, &order, &cuts, &removed, &options);
     }
-}
-
-#[test]
-fn bridging_model_merges_two_families() {
-    let (x, y) = (root(501), root(502));
-    let specs: Vec<Spec> = vec![
-        ("x".into(), x.clone(), Prior::default()),
-        ("xf".into(), finetune(&x, 1, 0.15), Prior::default()),
-        ("y".into(), y.clone(), Prior::default()),
-        ("yf".into(), finetune(&y, 2, 0.15), Prior::default()),
-        ("m".into(), merge(&x, &y, 0.5), Prior::default()),
-    ];
-    let mut index = Index::new(Options::default());
-    let first: Vec<&Spec> = specs[..4].iter().collect();
-    let touched = index.add(owned(&first));
-    assert_eq!(touched, Touched { families: 2, merged: 0, split: 0 });
-    let update = index.solve_touched();
-    assert_eq!(update.families.len(), 2);
-    let touched = index.add(owned(&[&specs[4]]));
-    assert_eq!(touched, Touched { families: 1, merged: 1, split: 0 });
-    let update = index.solve_touched();
-    assert_eq!(update.families.len(), 1);
-    assert_eq!(update.families[0].members, ["m", "x", "xf", "y", "yf"]);
-    let all: Vec<&Spec> = specs.iter().collect();
-    assert_eq!(index.recovery(), batch(&all, &Options::default()));
-    // The bridge vanishes: the family splits again and both halves are re-solved.
-    let touched = index.remove("m");
-    assert_eq!(touched, Some(Touched { families: 2, merged: 0, split: 1 }));
-    let update = index.solve_touched();
-    assert_eq!(update.removed, ["m"]);
-    assert_eq!(index.families(), [vec!["x".to_owned(), "xf".to_owned()], vec!["y".to_owned(), "yf".to_owned()]]);
-    assert_eq!(index.recovery(), batch(&first, &Options::default()));
-}
-
-#[test]
-fn only_the_touched_family_is_resolved() {
-    let (x, y) = (root(511), root(512));
-    let specs: Vec<Spec> = vec![
-        ("x".into(), x.clone(), Prior::default()),
-        ("y".into(), y.clone(), Prior::default()),
-        ("yf".into(), finetune(&y, 3, 0.15), Prior::default()),
-        ("xf".into(), finetune(&x, 4, 0.15), Prior::default()),
-    ];
-    let mut index = Index::new(Options::default());
-    index.add(owned(&[&specs[0], &specs[1], &specs[2]]));
-    index.solve_touched();
-    assert_eq!(index.add(owned(&[&specs[3]])).families, 1);
-    let update = index.solve_touched();
-    assert_eq!(update.families.len(), 1);
-    assert_eq!(update.families[0].members, ["x", "xf"]);
-    assert_eq!(update.families[0].edges.len(), 1);
-    assert!(index.solve_touched().families.is_empty());
-}
-
-#[test]
-fn replacing_a_model_keeps_one_copy() {
-    let r = root(521);
-    let specs: Vec<Spec> = vec![
-        ("r".into(), r.clone(), Prior::default()),
-        ("f".into(), finetune(&r, 5, 0.15), Prior::default()),
-        ("f".into(), finetune(&r, 6, 0.15), Prior::default()),
-    ];
-    let mut index = Index::new(Options::default());
-    index.add(owned(&[&specs[0], &specs[1]]));
-    index.add(owned(&[&specs[2]]));
-    assert_eq!(index.len(), 2);
-    assert_eq!(index.recovery(), batch(&[&specs[0], &specs[2]], &Options::default()));
 }
