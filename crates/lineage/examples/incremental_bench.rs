@@ -5,7 +5,8 @@
 //! a root with random sketches, and every later model a child of an earlier one (half of them of one of the
 //! first twenty "popular bases", half of a uniformly chosen model) with 10 % relative noise per tensor, moved
 //! norms, a summed kurtosis that drops a little per step and increasing upload times. All models share one
-//! architecture, so the index screens candidate pairs (design §4.1) rather than comparing all pairs.
+//! architecture, far above `lineage::limits::DENSE_LIMIT`, so the index screens candidate pairs (design §4.1)
+//! rather than comparing all pairs, and the family is solved sparsely (`limits::SPARSE_ABOVE`).
 //!
 //! Figures: (a) median and p90 time of adding one model and re-solving its family, over 60 adds, with the
 //! number of families re-solved per add; (b) a full re-solve of the family from the index's cached
