@@ -22,6 +22,13 @@ pub enum StoreError {
     /// `application_id` but tables of its own.
     #[error("{path} is not a modeltree database (application_id {application_id:#010x}); refusing to touch it")]
     ForeignDatabase { path: PathBuf, application_id: i32 },
+    /// [`crate::Store::open_read_only`] found a schema older than this build's (or none: a new or empty file);
+    /// it does not migrate, so a command that writes must open the file once first.
+    #[error(
+        "{path} has schema version {found}, older than the {known} this build reads; a writing command (scan, \
+         crawl) migrates it"
+    )]
+    TooOld { path: PathBuf, found: i64, known: i64 },
     /// The file was written by a newer modeltree, whose schema this build does not know.
     #[error("{path} has schema version {found}, newer than the {known} this build knows; upgrade modeltree")]
     TooNew { path: PathBuf, found: i64, known: i64 },

@@ -27,6 +27,10 @@
 //!   `failed`; its failure row counts attempts until it indexes again. A vanished model keeps its rows.
 //! - **The file is ours.** [`Store::open`] refuses a SQLite file with another `application_id`, a schema newer
 //!   than this build, or one that fails `quick_check`. Migrations are never edited once landed.
+//! - **Reading writes nothing.** [`Store::open_read_only`] opens an existing file with SQLite's read-only flag and
+//!   `query_only`: it neither creates, configures nor migrates, so a database on read-only media, or owned by
+//!   another user, can be read. It makes the same identity and `quick_check` checks and refuses a schema that is
+//!   not exactly this build's.
 //! - **Bit-exact floats.** Sketches and samples are little-endian f32 BLOBs; moments are REAL columns, where a
 //!   NaN (which SQLite cannot store) is written as NULL and read back as NaN.
 //! - Durability: WAL with `synchronous=FULL`, so a commit that returned survives a crash and, as far as the disk
@@ -42,7 +46,7 @@ mod types;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 pub use error::{Result, StoreError};
 pub use types::{
@@ -93,6 +97,39 @@ impl Store {
     /// - [`StoreError::Migration`] when a migration fails (it is rolled back).
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         Store::open_with(path.as_ref(), migrate::MIGRATIONS)
+    }
+
+    /// Opens the existing database at `path` for reading only: nothing is created, configured, migrated or
+    /// written (the connection is `query_only`; a write through it fails with [`StoreError::Sqlite`]). For commands
+    /// that only read, so that a database they cannot write (read-only media, another user's file) still opens.
+    ///
+    /// # Errors
+    /// - [`StoreError::Open`] when the file does not exist or cannot be opened;
+    /// - [`StoreError::NotADatabase`] when it is not a SQLite file;
+    /// - [`StoreError::ForeignDatabase`] when it belongs to another program;
+    /// - [`StoreError::TooOld`] when its schema is older than this build's (including a new, empty file), since
+    ///   reading does not migrate;
+    /// - [`StoreError::TooNew`] when its schema is newer than this build;
+    /// - [`StoreError::Corrupt`] when `quick_check` fails.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        let open_err = |source| open_error(path, source);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update(None, "query_only", true).map_err(open_err)?;
+        check_identity(&conn, path)?;
+        let known = migrate::known_version(migrate::MIGRATIONS);
+        let found = migrate::user_version(&conn).map_err(open_err)?;
+        migrate::check_version(path, found, known)?;
+        if found < known {
+            return Err(StoreError::TooOld { path: path.to_path_buf(), found, known });
+        }
+        let report = pragma_report(&conn, "quick_check").map_err(open_err)?;
+        if report != "ok" {
+            return Err(StoreError::Corrupt { path: path.to_path_buf(), report });
+        }
+        Ok(Store { conn, path: path.to_path_buf() })
     }
 
     fn open_with(path: &Path, migrations: &[&str]) -> Result<Store> {
@@ -460,6 +497,133 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let err = Store::open(&path).expect_err("damage found");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+
+    /// The names in `dir`, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A database with one model and a checkpoint, its WAL checkpointed and closed.
+    fn small_database(path: &Path) {
+        let mut store = Store::open(path).expect("create");
+        let sig = test_support::random_signature(&mut Rng::new(5), test_support::odd_scheme(), 8);
+        store.put_indexed(&test_support::full_record("org/m", "r1"), &sig).expect("put");
+        store.set_checkpoint("k", "v").expect("set");
+        store.wal_checkpoint(WalCheckpoint::Truncate).expect("checkpoint");
+    }
+
+    /// Issue #11: a database that cannot be written could not even be read, because `open` configures and
+    /// migrates it. `open_read_only` reads it and writes nothing to it. The file and its folder are made read-only
+    /// (which stops any user but root from writing them).
+    #[test]
+    fn issue_11_read_only_open_reads_and_writes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_in(&dir);
+        small_database(&path);
+        let (bytes, names) = (std::fs::read(&path).expect("read"), listing(dir.path()));
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
+        mode(&path, 0o444);
+        mode(dir.path(), 0o555);
+        let got = Store::open_read_only(&path).and_then(|mut store| {
+            let models = store.models()?;
+            let checkpoint = store.get_checkpoint("k")?;
+            let write = store.set_checkpoint("k", "w");
+            Ok((models.len(), checkpoint, write))
+        });
+        mode(dir.path(), 0o755);
+        let (models, checkpoint, write) = got.expect("a read-only database reads");
+        assert_eq!((models, checkpoint.as_deref()), (1, Some("v")));
+        assert!(matches!(write, Err(StoreError::Sqlite { .. })), "{write:?}");
+        assert_eq!(std::fs::read(&path).expect("read"), bytes, "the file is unchanged");
+        // A WAL reader that may create them makes the `-shm` index and an empty `-wal` (SQLite's read protocol,
+        // not a write of data); nothing else appears and no frame is written.
+        let new: Vec<String> = listing(dir.path()).into_iter().filter(|n| !names.contains(n)).collect();
+        assert!(new.iter().all(|n| n == "store.db-shm" || n == "store.db-wal"), "{new:?}");
+        let wal = std::fs::metadata(dir.path().join("store.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "nothing was written to the log");
+        let missing = dir.path().join("missing.db");
+        assert!(matches!(Store::open_read_only(&missing), Err(StoreError::Open { .. })));
+        assert!(!missing.exists(), "a read-only open creates nothing");
+    }
+
+    #[test]
+    fn issue_11_read_only_open_refuses_other_schemas_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_in(&dir);
+        drop(Store::open_with(&path, &migrate::MIGRATIONS[..1]).expect("create v1"));
+        let before = std::fs::read(&path).expect("read");
+        let err = Store::open_read_only(&path).expect_err("too old");
+        assert!(matches!(err, StoreError::TooOld { found: 1, known: 2, .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} has schema version 1, older than the 2 this build reads; a writing command (scan, crawl) \
+                 migrates it",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before, "not migrated");
+        // A new, empty file is not a store yet.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").expect("write");
+        assert!(matches!(Store::open_read_only(&empty), Err(StoreError::TooOld { found: 0, .. })));
+        assert_eq!(std::fs::read(&empty).expect("read"), b"");
+        // Newer and negative versions, as `open` refuses them.
+        drop(Store::open(&path).expect("migrate"));
+        Connection::open(&path).expect("raw").pragma_update(None, "user_version", 3).expect("bump");
+        assert!(matches!(Store::open_read_only(&path), Err(StoreError::TooNew { found: 3, known: 2, .. })));
+        Connection::open(&path).expect("raw").pragma_update(None, "user_version", -5).expect("negative");
+        assert!(matches!(Store::open_read_only(&path), Err(StoreError::Corrupt { .. })));
+    }
+
+    /// Issue #11: a damaged file is refused at open with a variant that says what it is, by both opens, and left
+    /// as it was: garbage, a SQLite header followed by garbage, a store cut short, another program's database.
+    #[test]
+    fn issue_11_corrupted_files_are_detected_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.db");
+        small_database(&good);
+        let store_bytes = std::fs::read(&good).expect("read");
+        let mut rng = Rng::new(11);
+        let garbage: Vec<u8> = (0..64 << 10).map(|_| rng.below(256) as u8).collect();
+        let magic_then_garbage = [b"SQLite format 3\0".as_slice(), &garbage].concat();
+        let other_app = dir.path().join("other.db");
+        foreign_file(&other_app, 0x1234_5678, 1, true);
+        #[derive(Debug)]
+        enum Want {
+            NotADatabase,
+            Corrupt,
+            Foreign,
+        }
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            ("garbage", garbage.clone(), Want::NotADatabase),
+            ("sqlite magic then garbage", magic_then_garbage, Want::NotADatabase),
+            ("store cut in half", store_bytes[..store_bytes.len() / 2].to_vec(), Want::Corrupt),
+            ("store cut to its first page", store_bytes[..16 << 10].to_vec(), Want::Corrupt),
+            ("another program's database", std::fs::read(&other_app).expect("read"), Want::Foreign),
+        ];
+        for (name, bytes, want) in &cases {
+            let path = dir.path().join(format!("{}.db", name.replace(' ', "-")));
+            for read_only in [false, true] {
+                std::fs::write(&path, bytes).expect("write");
+                let got = if read_only { Store::open_read_only(&path) } else { Store::open(&path) };
+                let ok = matches!(
+                    (&got, want),
+                    (Err(StoreError::NotADatabase { .. }), Want::NotADatabase)
+                        | (Err(StoreError::Corrupt { .. }), Want::Corrupt)
+                        | (Err(StoreError::ForeignDatabase { .. }), Want::Foreign)
+                );
+                assert!(ok, "{name} (read_only {read_only}): expected {want:?}, got {got:?}");
+                assert_eq!(&std::fs::read(&path).expect("read"), bytes, "{name}: the refused file was modified");
+            }
+        }
     }
 
     /// Set in the child processes of `sigkill_leaves_whole_models_only` to the database they write.

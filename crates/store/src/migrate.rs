@@ -60,7 +60,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -
     Ok(())
 }
 
-fn check_version(path: &Path, found: i64, known: i64) -> Result<()> {
+pub(crate) fn check_version(path: &Path, found: i64, known: i64) -> Result<()> {
     if found < 0 {
         return Err(StoreError::Corrupt { path: path.to_path_buf(), report: format!("negative user_version {found}") });
     }
