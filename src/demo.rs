@@ -6,10 +6,13 @@
 use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context, bail};
+use indexer::config::Config;
+use indexer::convert::{audit_model, from_records, method_name};
+use indexer::export::{self, Format};
+use indexer::run::Writer;
 use lineage::Method;
-use signature::Scheme;
 
-use crate::{audit, commands, crawl, export, output, solve};
+use crate::print;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/zoo_small.rs"));
@@ -33,12 +36,16 @@ fn unpack(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> anyhow::Result<ExitCode> {
+/// Runs the demo on `config` (its database, if set, instead of one beside the zoo).
+///
+/// # Errors
+/// When the zoo cannot be unpacked or served, or the crawl fails.
+pub async fn run(config: &Config, keep: Option<&Path>) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
     let work = keep.unwrap_or(tmp.path());
     let zoo = work.join("zoo");
     unpack(&zoo)?;
-    let db_path = db.map(Path::to_path_buf).unwrap_or_else(|| work.join("demo.db"));
+    let db_path = config.db.clone().unwrap_or_else(|| work.join("demo.db"));
     println!(
         "modeltree demo: {} files of the bundled small zoo unpacked to {}",
         embedded::ZOO_SMALL.len(),
@@ -49,45 +56,36 @@ pub async fn run(db: Option<&Path>, keep: Option<&Path>, scheme: &Scheme) -> any
     // the row blocks the default fetch fraction selects.
     let server = hubsim::spawn(hubsim::ServerConfig::new(&zoo)).await.context("cannot start the loopback Hub")?;
     println!("serving it as a Hub on {}", server.url());
-    let options = crawl::CrawlOptions {
-        endpoint: server.url(),
-        author: None,
-        search: None,
-        filter: Vec::new(),
-        limit: None,
-        full: false,
-        concurrency: 4,
-        tier: hub::Tier::Anonymous,
-        requests_in_flight: 8,
-        allow_non_loopback_redirects: false,
-    };
-    let mut store = commands::open_store(&db_path)?;
+    let mut config = config.clone();
+    config.hub.endpoint = server.url();
+    config.method = Method::Default;
+    let mut writer = Writer::open(&db_path)?;
     let started = std::time::Instant::now();
-    let stats = crawl::crawl(&mut store, &options, scheme, Method::Default).await;
+    let stats = indexer::crawl::crawl(&mut writer, &config, &indexer::crawl::CrawlOptions::default()).await;
     server.shutdown().await;
     let stats = stats?;
     println!("crawled into {} in {:.1} s:", db_path.display(), started.elapsed().as_secs_f64());
-    println!("{}\n", stats.summary());
+    println!("{}\n", print::crawl_summary(&stats));
 
+    let store = writer.store();
     let ids: Vec<String> = store.models()?.into_iter().map(|m| m.record.id).collect();
-    let edges = solve::from_records(&store.current_edges()?);
+    let edges = from_records(&store.current_edges()?);
     println!("recovered forest (relation, confidence, evidence):");
-    print!("{}", output::forest(&ids, &edges));
-    let models: Vec<audit::Model> = store.models()?.iter().map(audit::Model::from).collect();
+    print!("{}", print::forest(&ids, &edges));
+    let models: Vec<audit::Model> = store.models()?.iter().map(audit_model).collect();
     println!("\nlicense and declaration audit of the recovered edges:");
-    print!("{}", audit::render_text(&audit::audit(&models, &edges)));
-    let truth = commands::read_truth(&zoo.join("ground_truth.json"))?;
+    print!("{}", print::findings(&audit::audit(&models, &edges)));
+    let truth = indexer::truth::read(&zoo.join("ground_truth.json"))?;
     let mut rows = Vec::new();
     for method in [Method::Default, Method::Mother] {
-        let recovery = solve::recover(&store, scheme, method)?;
-        rows.push((solve::method_name(method).to_owned(), lineage::eval::score(&truth, &recovery)));
+        let recovery = indexer::solve::recover(store, &config.scheme, method)?;
+        rows.push((method_name(method).to_owned(), lineage::eval::score(&truth.lineage, &recovery)));
     }
     println!("\nscore against the zoo's ground truth:");
-    print!("{}", output::score_table(&rows));
+    print!("{}", print::score_table(&rows));
     if let Some(dir) = keep {
         let report = dir.join("report.html");
-        let graph = export::Graph::from_store(&store)?;
-        output::write_atomically(&report, export::render(export::Format::Html, &graph)?.as_bytes())?;
+        export::write(store, Format::Html, &report)?;
         println!(
             "\nkept: zoo in {}, database in {}, HTML report {}",
             zoo.display(),

@@ -1,31 +1,32 @@
 //! `modeltree`: recovers the Model Tree of a set of models from their weights.
 //!
-//! The binary parses arguments, sets up tracing, runs one command and maps errors to exit codes. The work is
-//! done by the library crates: `signature` reads weights, `lineage` recovers edges, `store` keeps everything.
+//! The binary parses arguments, reads the configuration file, sets up tracing, builds the tokio runtime and the
+//! signal handlers, runs one command and maps errors to exit codes. The work is done by the `indexer` library
+//! over `signature`, `hub`, `store`, `lineage` and `audit`.
+//!
+//! Modules, in dependency order: `flags` (setting flags generated from the indexer's settings table), `print`
+//! (text output), `commands` (one function per subcommand), `demo`; `main` ties them together.
 
-mod audit;
 mod commands;
-mod config;
-mod crawl;
-mod daemon;
 mod demo;
-mod discover;
-mod export;
-mod meta;
-mod output;
-mod scan;
-mod solve;
+mod flags;
+mod print;
 
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use indexer::config::{Config, LogFormat};
+use indexer::export::Format;
+
+use crate::flags::SettingFlags;
 
 #[derive(Debug, Parser)]
 #[command(name = "modeltree", version, about = "Recovers the Model Tree of Hugging Face models from their weights")]
 struct Cli {
-    /// SQLite database (default: $MODELTREE_DB, else $XDG_DATA_HOME/modeltree/modeltree.db,
-    /// else ~/.local/share/modeltree/modeltree.db).
-    #[arg(long, global = true, env = "MODELTREE_DB")]
+    /// SQLite database (default: $MODELTREE_DB, else store.db of the settings file, else
+    /// $XDG_DATA_HOME/modeltree/modeltree.db, else ~/.local/share/modeltree/modeltree.db).
+    #[arg(long, global = true)]
     db: Option<PathBuf>,
     /// Settings file (see `modeltree config default`); flags and environment override it.
     #[arg(long, global = true)]
@@ -48,9 +49,6 @@ enum Command {
     },
     /// One pass over a Hub endpoint: list, sign new or changed repos from HTTP ranges, store, re-solve lineage.
     Crawl {
-        /// The Hub's base URL (the real one is https://huggingface.co).
-        #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
-        endpoint: String,
         #[arg(long)]
         author: Option<String>,
         #[arg(long)]
@@ -61,18 +59,12 @@ enum Command {
         /// Most models listed.
         #[arg(long)]
         limit: Option<usize>,
-        /// Share of each tensor's row blocks read (default: the configured `signature.row_fraction`).
-        #[arg(long)]
-        fetch_fraction: Option<f64>,
         /// Download whole files into the Hugging Face cache and sign them from disk.
         #[arg(long)]
         full: bool,
-        /// Models signed at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Rate-limit tier whose budgets the crawler keeps to.
-        #[arg(long, value_enum, default_value_t = TierArg::Anonymous)]
-        tier: TierArg,
+        /// The endpoint, tier, concurrency and fetch fraction (default: the configured `[hub]` and `[signature]`).
+        #[command(flatten)]
+        settings: SettingFlags<false>,
         #[arg(long, value_enum)]
         method: Option<MethodArg>,
         #[arg(long)]
@@ -96,8 +88,8 @@ enum Command {
     },
     /// Write the models and the recovered edges.
     Export {
-        #[arg(long, value_enum, default_value_t = export::Format::Json)]
-        format: export::Format,
+        #[arg(long, value_parser = format_parser(), default_value = "json")]
+        format: Format,
         /// Output file (written to a temporary file and renamed into place); standard output if absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -110,7 +102,7 @@ enum Command {
         json: bool,
         /// Exit with status 3 if any finding has this severity or a higher one (default: never).
         #[arg(long, value_enum)]
-        fail_on: Option<audit::Severity>,
+        fail_on: Option<SeverityArg>,
     },
     /// Score the recovered lineage against a ground truth (a zoo's ground_truth.json).
     Eval {
@@ -124,7 +116,7 @@ enum Command {
         json: bool,
     },
     /// Keep the index current: incremental crawls on a cron schedule, recorded as runs; SIGTERM drains and exits 0.
-    Daemon(daemon::DaemonArgs),
+    Daemon(DaemonArgs),
     /// List the recorded runs (scans, crawls, daemon runs), oldest first.
     Runs {
         #[arg(long)]
@@ -163,11 +155,47 @@ enum HubCommand {
     },
 }
 
+/// `modeltree daemon` flags: each setting flag overrides its setting (see `config/modeltree.toml`).
+#[derive(Clone, Debug, clap::Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    settings: SettingFlags<true>,
+    /// Run once now, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Run once at start, then follow the schedule.
+    #[arg(long)]
+    run_now: bool,
+    /// Make the first run a full listing (finds vanished repos).
+    #[arg(long)]
+    full_listing: bool,
+    /// Print the settings in effect (defaults < file < environment < flags) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum TierArg {
-    Anonymous,
-    Free,
-    Pro,
+enum SeverityArg {
+    Info,
+    Warning,
+    Error,
+}
+
+impl From<SeverityArg> for audit::Severity {
+    fn from(s: SeverityArg) -> audit::Severity {
+        match s {
+            SeverityArg::Info => audit::Severity::Info,
+            SeverityArg::Warning => audit::Severity::Warning,
+            SeverityArg::Error => audit::Severity::Error,
+        }
+    }
+}
+
+/// `--format`: the indexer's format names.
+fn format_parser() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Format::ALL.map(Format::as_str))
+        .try_map(|name| Format::parse(&name).ok_or("unknown format"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,15 +229,7 @@ impl From<MethodArg> for lineage::Method {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Precedence: defaults < file < environment (MODELTREE_…) < flags (the daemon's, applied here too).
-    let loaded = config::Config::load(cli.config.as_deref()).and_then(|mut config| {
-        config.overlay_env(|name| std::env::var(name).ok())?;
-        if let Command::Daemon(args) = &cli.command {
-            args.apply(&mut config)?;
-        }
-        Ok(config)
-    });
-    let config = match loaded {
+    let config = match load_config(&cli) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -219,50 +239,18 @@ fn main() -> ExitCode {
     match &cli.command {
         // A service logs what it does by default; one-shot commands only warn.
         Command::Daemon(_) => init_tracing(config.daemon.log_format, "info"),
-        _ => init_tracing(config::LogFormat::Text, "warn"),
+        _ => init_tracing(LogFormat::Text, "warn"),
     }
-    // Precedence: flag or MODELTREE_DB (clap merges both, the flag wins) > file > platform default.
-    let db = cli.db.clone().or_else(|| config.db.clone()).unwrap_or_else(default_db_path);
-    let scheme = config.scheme;
+    let db = config.db.clone().unwrap_or_else(default_db_path);
     let result = match cli.command {
         Command::Scan { roots, method, json } => {
-            commands::scan(&db, &roots, &scheme, method.map_or(config.method, Into::into), json)
+            let config = with_method(config, method);
+            commands::scan(&db, &roots, &config, json)
         }
-        Command::Crawl {
-            endpoint,
-            author,
-            search,
-            filter,
-            limit,
-            fetch_fraction,
-            full,
-            concurrency,
-            tier,
-            method,
-            json,
-        } => {
-            let mut scheme = scheme;
-            if let Some(f) = fetch_fraction {
-                scheme.row_fraction = f;
-            }
-            let options = crawl::CrawlOptions {
-                endpoint,
-                author,
-                search,
-                filter,
-                limit,
-                full,
-                concurrency,
-                tier: match tier {
-                    TierArg::Anonymous => hub::Tier::Anonymous,
-                    TierArg::Free => hub::Tier::Free,
-                    TierArg::Pro => hub::Tier::Pro,
-                },
-                requests_in_flight: 8,
-                allow_non_loopback_redirects: true,
-            };
-            let method = method.map_or(config.method, Into::into);
-            runtime().and_then(|rt| rt.block_on(commands::crawl(&db, &options, &scheme, method, json)))
+        Command::Crawl { author, search, filter, limit, full, settings: _, method, json } => {
+            let options = indexer::crawl::CrawlOptions { author, search, filter, limit, full, progress: true };
+            let config = with_method(config, method);
+            runtime().and_then(|rt| rt.block_on(commands::crawl(&db, &config, &options, json)))
         }
         Command::Hub { command: HubCommand::Serve { root, addr, page_size, fault_seed, fault_rate } } => {
             runtime().and_then(|rt| rt.block_on(commands::hub_serve(root, addr, page_size, fault_seed, fault_rate)))
@@ -270,7 +258,7 @@ fn main() -> ExitCode {
         Command::Tree { json } => commands::tree(&db, json),
         Command::Lineage { model, json } => commands::lineage(&db, &model, json),
         Command::Export { format, out } => commands::export(&db, format, out.as_deref()),
-        Command::Audit { json, fail_on } => commands::audit(&db, json, fail_on),
+        Command::Audit { json, fail_on } => commands::audit(&db, json, fail_on.map(Into::into)),
         Command::Eval { truth, method, json } => {
             let methods = match method {
                 EvalMethod::Stored => vec![None],
@@ -278,17 +266,28 @@ fn main() -> ExitCode {
                 EvalMethod::Mother => vec![Some(lineage::Method::Mother)],
                 EvalMethod::All => vec![None, Some(lineage::Method::Default), Some(lineage::Method::Mother)],
             };
-            commands::eval(&db, &truth, &scheme, &methods, json)
+            commands::eval(&db, &truth, &config, &methods, json)
         }
-        Command::Daemon(args) => runtime().and_then(|rt| rt.block_on(daemon::command(&db, config, &args))),
-        Command::Runs { json } => daemon::list_runs(&db, json),
+        Command::Daemon(args) => {
+            let config = Config { db: Some(db), ..config };
+            if args.print_config {
+                print!("{}", config.to_toml());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let options = indexer::daemon::RunOptions {
+                    once: args.once,
+                    run_now: args.run_now,
+                    full_listing: args.full_listing,
+                };
+                runtime().and_then(|rt| rt.block_on(commands::daemon(&config, options)))
+            }
+        }
+        Command::Runs { json } => commands::runs(&db, json),
         Command::Config { command: ConfigCommand::Default } => {
-            print!("{}", config::DEFAULT_TOML);
+            print!("{}", indexer::config::DEFAULT_TOML);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { keep } => {
-            runtime().and_then(|rt| rt.block_on(demo::run(cli.db.as_deref(), keep.as_deref(), &scheme)))
-        }
+        Command::Demo { keep } => runtime().and_then(|rt| rt.block_on(demo::run(&config, keep.as_deref()))),
     };
     match result {
         Ok(code) => code,
@@ -299,14 +298,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The settings in effect: built-in defaults < `--config` file < environment (`MODELTREE_…`) < flags.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Config::from_file_text(path, &text)?
+        }
+        None => Config::default(),
+    };
+    config.overlay_env(|name| std::env::var(name).ok())?;
+    if let Some(db) = &cli.db {
+        config.db = Some(db.clone());
+    }
+    match &cli.command {
+        Command::Daemon(args) => args.settings.apply(&mut config)?,
+        Command::Crawl { settings, .. } => settings.apply(&mut config)?,
+        _ => {}
+    }
+    Ok(config)
+}
+
+fn with_method(config: Config, method: Option<MethodArg>) -> Config {
+    Config { method: method.map_or(config.method, Into::into), ..config }
+}
+
 /// Only the binary installs a subscriber. `MODELTREE_LOG` takes an env-filter directive (default `level`).
-fn init_tracing(format: config::LogFormat, level: &str) {
+fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELTREE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        config::LogFormat::Text => builder.init(),
-        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -1,10 +1,11 @@
-//! End-to-end tests of `modeltree daemon` against `hubsim` serving a copy of the bundled small zoo on loopback:
-//! configuration precedence through the binary, incremental runs that pick up added repos and mark removed ones
-//! vanished, a SIGTERM that drains and exits 0, and a crash test that SIGKILLs the daemon at random points and
-//! then compares the store with an uninterrupted run.
+//! What of `modeltree daemon` needs a process, against `hubsim` serving a copy of the bundled small zoo on
+//! loopback: configuration precedence through the binary's flags, a SIGTERM that drains the run in flight and
+//! exits 0, a second instance refused, and a crash test that SIGKILLs the daemon at random points and then
+//! compares the store with an uninterrupted run. The daemon's logic (schedule, cadence, backoff, drain deadline,
+//! vanished repos, incremental == batch) is tested in-process under paused time in `crates/indexer/tests`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs,
     io::{Read, Write},
     path::Path,
@@ -31,12 +32,6 @@ fn served_copy(dst: &Path, skip: &[&str]) {
             }
         }
     }
-}
-
-async fn serve(root: &Path) -> hubsim::Handle {
-    hubsim::spawn(hubsim::ServerConfig { page_size: 5, rescan_on_list: true, ..hubsim::ServerConfig::new(root) })
-        .await
-        .expect("hubsim starts")
 }
 
 fn daemon_once(db: &Path, home: &Path, url: &str, extra: &[&str]) -> Command {
@@ -86,38 +81,6 @@ fn snapshot(db: &Path) -> Snapshot {
     assert_eq!(pairs.len(), edges.len(), "an edge is stored twice");
     assert!(store.runs().expect("runs").iter().all(|r| r.status != store::RunStatus::Running), "a run is left running");
     Snapshot { models, signatures, edges }
-}
-
-/// Parents per model from the zoo's ground truth.
-fn truth_parents() -> BTreeMap<String, Vec<String>> {
-    let text = fs::read_to_string(zoo().join("ground_truth.json")).expect("truth");
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
-    doc["models"]
-        .as_array()
-        .expect("models")
-        .iter()
-        .map(|m| {
-            let parents = m["parents"].as_array().map(|p| p.iter().filter_map(|x| x.as_str()).map(String::from));
-            (m["model"].as_str().expect("model").to_owned(), parents.into_iter().flatten().collect())
-        })
-        .collect()
-}
-
-/// The connected component of `model` under `edges`.
-fn family(model: &str, edges: &[(String, String, String)]) -> BTreeSet<String> {
-    let mut family = BTreeSet::from([model.to_owned()]);
-    loop {
-        let before = family.len();
-        for (p, c, _) in edges {
-            if family.contains(p) || family.contains(c) {
-                family.insert(p.clone());
-                family.insert(c.clone());
-            }
-        }
-        if family.len() == before {
-            return family;
-        }
-    }
 }
 
 #[test]
@@ -175,82 +138,6 @@ fn config_precedence_through_the_binary() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(needle), "{flags:?}: {stderr}");
     }
-}
-
-/// Leaves of three different trees, added between runs.
-const ADDED: [&str; 3] = [
-    "jdoe/quokka-base-lang6890-ft-copy9-14-lora-r16",
-    "sparrow-ai/nw-llama-mini-lang3409-ft-reverse3-8-ft",
-    "community-quants/bf-pico-W8A16-int8",
-];
-const REMOVED: &str = "reupload-bot/quokka-base-bf16";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn added_models_appear_and_vanished_ones_are_marked() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("served");
-    served_copy(&root, &ADDED);
-    let server = serve(&root).await;
-    let db = tmp.path().join("m.db");
-    let export = tmp.path().join("out").join("lineage.json");
-    let config = tmp.path().join("modeltree.toml");
-    fs::create_dir_all(export.parent().expect("parent")).expect("mkdir");
-    fs::write(&config, format!("[[exports]]\nformat = \"json\"\npath = {:?}\n", export.display().to_string()))
-        .expect("write");
-    let url = server.url();
-    let (d, h, c) = (db.clone(), tmp.path().to_owned(), config.clone());
-    let once = move |extra: &'static [&'static str]| {
-        let mut cmd = daemon_once(&d, &h, &url, extra);
-        cmd.arg("--config").arg(&c);
-        cmd
-    };
-
-    let mut first = once(&[]);
-    tokio::task::spawn_blocking(move || run_ok(&mut first)).await.expect("join");
-    let after_first = snapshot(&db);
-    assert_eq!(after_first.models.len(), 24);
-    let exported: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&export).expect("export")).expect("json");
-    assert_eq!(exported["models"].as_array().map(Vec::len), Some(24), "the export follows each run");
-
-    // Three repos pushed, one deleted.
-    for id in ADDED {
-        copy_tree(&zoo().join(id), &root.join(id));
-    }
-    fs::remove_dir_all(root.join(REMOVED)).expect("remove");
-    let mut second = once(&[]);
-    tokio::task::spawn_blocking(move || run_ok(&mut second)).await.expect("join");
-    let after_second = snapshot(&db);
-    let indexed: BTreeSet<&str> =
-        after_second.models.iter().filter(|m| m.2 == "indexed").map(|m| m.0.as_str()).collect();
-    let truth = truth_parents();
-    for id in ADDED {
-        assert!(indexed.contains(id), "{id} was added and must be indexed after the next run");
-        let family = family(id, &after_second.edges);
-        for parent in &truth[id] {
-            assert!(family.contains(parent), "{id} must join its parent {parent}'s family, got {family:?}");
-        }
-    }
-    // The incremental run did not mark the deleted repo: only a full listing looks for vanished repos.
-    assert!(indexed.contains(REMOVED));
-
-    let mut third = once(&["--full-listing"]);
-    tokio::task::spawn_blocking(move || run_ok(&mut third)).await.expect("join");
-    let after_third = snapshot(&db);
-    let status: BTreeMap<&str, &str> = after_third.models.iter().map(|m| (m.0.as_str(), m.2.as_str())).collect();
-    assert_eq!(status[REMOVED], "vanished");
-    assert_eq!(status.values().filter(|s| **s == "indexed").count(), 26);
-
-    let runs = runs(&db, tmp.path());
-    let stats: Vec<&serde_json::Value> = runs.iter().map(|r| &r["stats"]).collect();
-    assert!(runs.iter().all(|r| r["kind"] == "daemon" && r["status"] == "ok"), "{runs:#?}");
-    assert_eq!((stats[0]["full_listing"].as_bool(), stats[0]["new"].as_u64()), (Some(true), Some(24)));
-    // The second run listed only what changed since the first (plus the overlap boundary), not the whole Hub.
-    assert_eq!((stats[1]["full_listing"].as_bool(), stats[1]["new"].as_u64()), (Some(false), Some(3)));
-    let listed = stats[1]["listed"].as_u64().expect("listed");
-    assert!((3..10).contains(&listed), "incremental listing listed {listed}");
-    assert_eq!((stats[2]["vanished"].as_u64(), stats[2]["new"].as_u64()), (Some(1), Some(0)));
-    server.shutdown().await;
 }
 
 fn free_port() -> u16 {
@@ -325,9 +212,13 @@ async fn sigterm_drains_and_exits_zero_within_the_deadline() {
     for needle in ["modeltree_hub_requests_total{bucket=\"api\"}", "modeltree_run_in_progress 1", "# TYPE"] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
+    // The run was stopped in the middle and drained: the models in flight at the signal finished and were
+    // stored after it, and none was started after it.
     let recorded = runs(&db, tmp.path());
     assert_eq!(recorded.len(), 1);
-    assert!(["interrupted", "ok"].contains(&recorded[0]["status"].as_str().unwrap_or_default()), "{recorded:?}");
+    let (status, stats) = (&recorded[0]["status"], &recorded[0]["stats"]);
+    assert_eq!((status.as_str(), stats["stopped"].as_bool()), (Some("interrupted"), Some(true)), "{recorded:?}");
+    assert!(stats["drained"].as_u64().is_some_and(|n| n >= 1), "nothing was in flight at the signal: {stats}");
     let partial = snapshot(&db).models.len();
     assert!(partial > 0 && partial <= 27, "{partial}");
     // The next start resumes and completes.
@@ -492,102 +383,4 @@ fn a_second_instance_is_refused_while_the_first_runs() {
     sigterm(&first);
     assert_eq!(first.wait().expect("wait").code(), Some(0));
     assert!(runs(&db, tmp.path()).is_empty(), "no run was due");
-}
-
-/// A long-running daemon keeps its tree builder between runs: a repo pushed between two runs is placed in its
-/// true parent's family by the next run, which re-solves that one family and no other, and the stored lineage
-/// equals a batch solve of the same store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_daemon_resolves_only_the_touched_family() {
-    const PUSHED: &str = "jdoe/quokka-base-lang6890-ft-copy9-14-lora-r16";
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("served");
-    served_copy(&root, &[PUSHED]);
-    let server = serve(&root).await;
-    let db = tmp.path().join("m.db");
-    let port = free_port();
-    let mut cmd = modeltree(&db, tmp.path());
-    // Every second (6 fields: seconds first).
-    cmd.args(["daemon", "--run-now", "--schedule", "* * * * * *", "--overlap", "0s", "--concurrency", "2"])
-        .args(["--endpoint", &server.url(), "--status-addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let (db2, home, served) = (db.clone(), tmp.path().to_owned(), root.clone());
-    let (code, stderr, stats) = tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().expect("daemon starts");
-        let ok_runs = |db: &Path| -> Vec<serde_json::Value> {
-            if !db.exists() {
-                return Vec::new();
-            }
-            runs(db, &home).into_iter().filter(|r| r["status"] == "ok").map(|r| r["stats"].clone()).collect()
-        };
-        wait_for("the first run", Duration::from_secs(120), || !ok_runs(&db2).is_empty());
-        copy_tree(&zoo().join(PUSHED), &served.join(PUSHED));
-        wait_for("the pushed repo's run", Duration::from_secs(120), || {
-            ok_runs(&db2).iter().any(|s| s["new"].as_u64() == Some(1))
-        });
-        let metrics = http_get(port, "/metrics").unwrap_or_default();
-        sigterm(&child);
-        let status = child.wait().expect("wait");
-        let mut stderr = String::new();
-        child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
-        assert!(metrics.contains("modeltree_families_resolved_total"), "{metrics}");
-        (status.code(), stderr, ok_runs(&db2))
-    })
-    .await
-    .expect("join");
-    assert_eq!(code, Some(0), "{stderr}");
-    let first = &stats[0];
-    assert_eq!((first["new"].as_u64(), first["families"].as_u64()), (Some(26), Some(3)), "{first}");
-    assert_eq!(first["families_resolved"].as_u64(), Some(3), "the first run of a process builds every family");
-    let pushed = stats.iter().find(|s| s["new"].as_u64() == Some(1)).expect("the pushed run");
-    assert_eq!(pushed["families"].as_u64(), Some(3), "{pushed}");
-    assert_eq!(pushed["families_resolved"].as_u64(), Some(1), "only the pushed repo's family: {pushed}");
-    // Runs that found nothing new solved nothing.
-    for s in stats.iter().filter(|s| s["new"].as_u64() == Some(0) && s["changed"].as_u64() == Some(0)) {
-        assert_eq!(s["families_resolved"].as_u64(), Some(0), "{s}");
-    }
-    let after = snapshot(&db);
-    let family = family(PUSHED, &after.edges);
-    for parent in &truth_parents()[PUSHED] {
-        assert!(family.contains(parent), "{PUSHED} must join {parent}'s family, got {family:?}");
-    }
-    // The incremental result is the batch result: a fresh batch solve of the same store gives the same edges.
-    let batch = tmp.path().join("batch.db");
-    fs::copy(&db, &batch).expect("copy db");
-    let store = store::Store::open(&batch).expect("open");
-    let recovered = lineage_of(&store);
-    assert_eq!(recovered, after.edges);
-    server.shutdown().await;
-}
-
-/// A batch solve of everything `store` holds, as `(parent, child, relation)` sorted.
-fn lineage_of(store: &store::Store) -> Vec<(String, String, String)> {
-    let scheme = crate::common::default_scheme();
-    let sigs = store.signatures_for_scheme(&scheme.id()).expect("signatures");
-    let records: BTreeMap<String, store::ModelRecord> =
-        store.models().expect("models").into_iter().map(|m| (m.record.id.clone(), m.record)).collect();
-    let inputs: Vec<lineage::ModelInput<'_>> = sigs
-        .iter()
-        .map(|(id, sig)| {
-            let r = &records[id];
-            let prior = lineage::Prior {
-                declared_bases: r.declared_base_models.clone(),
-                declared_relation: r.base_model_relation.as_deref().and_then(lineage::Relation::parse),
-                adapter_base: r.adapter_base.clone(),
-                created_at: r
-                    .created_at
-                    .as_deref()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.timestamp()),
-                quantized: r.quantization.is_some(),
-            };
-            lineage::ModelInput { id, signature: sig, prior }
-        })
-        .collect();
-    let recovery = lineage::recover(&inputs, &lineage::Options::default());
-    let mut edges: Vec<_> =
-        recovery.edges.into_iter().map(|e| (e.parent, e.child, e.relation.as_str().to_owned())).collect();
-    edges.sort();
-    edges
 }

@@ -10,21 +10,19 @@
 //!
 //! Card data is untrusted and dirty: nothing here fails on a strange license string; an unrecognised one is
 //! classed `other` and only the rules that can still be judged apply.
+//!
+//! Pure like `lineage`: no IO, no clock, no command-line or serialisation types. The indexer turns stored models
+//! into [`Model`]s, reads the truth file into a [`Truth`] and writes findings as JSON; the binary prints them.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
-    path::Path,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Context, bail};
 use lineage::{Edge, EdgeSource, Relation};
 
 /// Canonical ids longer than this are cut: real license ids are short, and a card can put anything there.
 const MAX_LICENSE_ID_CHARS: usize = 64;
 
 /// How bad a finding is; ordered, so `--fail-on warning` also fails on errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Info,
     Warning,
@@ -119,10 +117,6 @@ impl License {
         } else {
             format!("{} ({})", self.id, self.class.as_str())
         }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "raw": self.raw, "id": self.id, "class": self.class.as_str() })
     }
 }
 
@@ -284,18 +278,6 @@ pub struct Model {
     pub signed: bool,
 }
 
-impl From<&store::StoredModel> for Model {
-    fn from(m: &store::StoredModel) -> Model {
-        Model {
-            id: m.record.id.clone(),
-            license: m.record.license.clone(),
-            declared_bases: m.record.declared_base_models.clone(),
-            declared_relation: m.record.base_model_relation.clone(),
-            signed: m.has_signature && m.status != store::ModelStatus::Failed,
-        }
-    }
-}
-
 /// What a finding is about. License kinds judge an edge's two licenses; declared kinds compare the card with
 /// the recovered tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -376,26 +358,6 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "severity": self.severity.as_str(),
-            "kind": self.kind.as_str(),
-            "child": self.child,
-            "parent": self.parent,
-            "relation": self.relation.map(Relation::as_str),
-            "source": self.source.map(EdgeSource::as_str),
-            "confidence": self.confidence.map(|c| (c * 1e4).round() / 1e4),
-            "message": self.message,
-            "evidence": {
-                "child_license": self.child_license.to_json(),
-                "parent_license": self.parent_license.as_ref().map(License::to_json),
-                "declared_base_models": self.declared_bases,
-                "declared_relation": self.declared_relation,
-                "declared": self.declared,
-            },
-        })
-    }
-
     /// `parent → child`, or just the child.
     pub fn edge_label(&self) -> String {
         match &self.parent {
@@ -649,50 +611,6 @@ fn ancestors<'a>(id: &str, edges: &'a [Edge]) -> BTreeSet<&'a str> {
     seen
 }
 
-/// Findings as text, grouped by severity, most severe first, with a closing count.
-pub fn render_text(findings: &[Finding]) -> String {
-    let mut out = String::new();
-    for severity in [Severity::Error, Severity::Warning, Severity::Info] {
-        let group: Vec<&Finding> = findings.iter().filter(|f| f.severity == severity).collect();
-        if group.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "{} ({})", severity.as_str(), group.len());
-        for f in group {
-            let _ = writeln!(out, "  {}  {}", f.kind.as_str(), f.edge_label());
-            let mut evidence = Vec::new();
-            if let Some(r) = f.relation {
-                evidence.push(r.as_str().to_owned());
-            }
-            if let Some(s) = f.source {
-                evidence.push(s.as_str().to_owned());
-            }
-            if let Some(c) = f.confidence {
-                evidence.push(format!("confidence {c:.2}"));
-            }
-            if let Some(p) = &f.parent_license {
-                evidence.push(format!("parent {}", p.describe()));
-            }
-            evidence.push(format!("child {}", f.child_license.describe()));
-            if !f.declared_bases.is_empty() {
-                evidence.push(format!("declared {}", f.declared_bases.join(", ")));
-            }
-            let _ = writeln!(out, "    {}", f.message);
-            let _ = writeln!(out, "    [{}]", evidence.join("; "));
-        }
-    }
-    let count = |s| findings.iter().filter(|f| f.severity == s).count();
-    let _ = writeln!(
-        out,
-        "{} findings: {} error, {} warning, {} info",
-        findings.len(),
-        count(Severity::Error),
-        count(Severity::Warning),
-        count(Severity::Info)
-    );
-    out
-}
-
 /// What a zoo's truth says the audit should find.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Truth {
@@ -702,49 +620,6 @@ pub struct Truth {
     /// Models whose declared base the truth judges (`declared_correct` not null), and those it marks wrong.
     pub declared_judged: BTreeSet<String>,
     pub declared_wrong: BTreeSet<String>,
-}
-
-/// Reads the audit fields of a zoo's `ground_truth.json`; `None` when no entry has them. Untrusted input: a
-/// field of the wrong type is an error.
-///
-/// # Errors
-/// When the file cannot be read, is not JSON, or holds a malformed audit field.
-pub fn read_truth(path: &Path) -> anyhow::Result<Option<Truth>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))?;
-    let Some(models) = doc.get("models").and_then(|m| m.as_array()) else {
-        bail!("{}: no \"models\" array", path.display());
-    };
-    let mut truth = Truth::default();
-    let mut any = false;
-    for m in models {
-        let id = m.get("model").and_then(|v| v.as_str()).context("a truth entry has no \"model\"")?;
-        match m.get("license_conflict") {
-            None => {}
-            Some(serde_json::Value::Bool(b)) => {
-                any = true;
-                truth.license_judged.insert(id.to_owned());
-                if *b {
-                    truth.license_conflict.insert(id.to_owned());
-                }
-            }
-            Some(other) => bail!("{id}: \"license_conflict\" must be a boolean, not {other}"),
-        }
-        match m.get("declared_correct") {
-            None => {}
-            Some(serde_json::Value::Null) => any = true,
-            Some(serde_json::Value::Bool(b)) => {
-                any = true;
-                truth.declared_judged.insert(id.to_owned());
-                if !*b {
-                    truth.declared_wrong.insert(id.to_owned());
-                }
-            }
-            Some(other) => bail!("{id}: \"declared_correct\" must be a boolean or null, not {other}"),
-        }
-    }
-    Ok(any.then_some(truth))
 }
 
 /// Precision and recall of one kind of finding.
@@ -766,12 +641,6 @@ impl Pr {
         // An empty denominator counts as 1, as in lineage::eval: nothing to find, nothing found wrongly.
         let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
         Pr { tp, fp, fn_, precision: ratio(tp, tp + fp), recall: ratio(tp, tp + fn_) }
-    }
-
-    pub fn to_json(self) -> serde_json::Value {
-        serde_json::json!({
-            "tp": self.tp, "fp": self.fp, "fn": self.fn_, "precision": self.precision, "recall": self.recall,
-        })
     }
 }
 
@@ -959,16 +828,13 @@ mod tests {
         let mut expected_sorted = expected.clone();
         got_sorted.sort();
         expected_sorted.sort();
-        assert_eq!(got_sorted, expected_sorted, "{}", render_text(&findings));
+        assert_eq!(got_sorted, expected_sorted, "{findings:#?}");
         // Sorted most severe first.
         assert_eq!(findings[0].severity, Severity::Error);
         assert_eq!(findings.last().map(|f| f.severity), Some(Severity::Info));
         let wrong = findings.iter().find(|f| f.kind == Kind::DeclaredBaseWrong).expect("wrong base");
         assert_eq!(wrong.declared.as_deref(), Some("meta/llama"));
         assert_eq!(wrong.source, Some(Weights));
-        let text = render_text(&findings);
-        assert!(text.starts_with("error (2)\n"), "{text}");
-        assert!(text.ends_with("6 findings: 2 error, 1 warning, 3 info\n"), "{text}");
     }
 
     #[test]
@@ -983,9 +849,8 @@ mod tests {
         let findings = audit(&models, &[]);
         assert_eq!(kinds(&findings), vec![("r/two".into(), "declared-base-wrong", None)]);
         assert_eq!(findings[0].confidence, None);
-        let json = findings[0].to_json();
-        assert_eq!(json["evidence"]["declared"], "r/one");
-        assert_eq!(json["parent"], serde_json::Value::Null);
+        assert_eq!(findings[0].declared.as_deref(), Some("r/one"));
+        assert_eq!(findings[0].parent, None);
     }
 
     #[test]
@@ -1030,28 +895,5 @@ mod tests {
         assert_eq!((s.license.tp, s.license.fp, s.license.fn_), (1, 1, 1));
         assert_eq!((s.license.precision, s.license.recall), (0.5, 0.5));
         assert_eq!((s.declared.tp, s.declared.fp, s.declared.fn_), (1, 0, 0), "z is not judged by the truth");
-    }
-
-    #[test]
-    fn reads_the_truth_strictly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.json");
-        let check = |text: &str| {
-            std::fs::write(&path, text).expect("write");
-            read_truth(&path).map_err(|e| e.to_string())
-        };
-        let t = check(
-            r#"{"models":[{"model":"a","license_conflict":true,"declared_correct":false},
-                          {"model":"b","license_conflict":false,"declared_correct":null}]}"#,
-        )
-        .expect("valid")
-        .expect("has audit fields");
-        assert_eq!(t.license_judged.len(), 2);
-        assert!(t.license_conflict.contains("a") && t.declared_wrong.contains("a"));
-        assert!(!t.declared_judged.contains("b"));
-        assert_eq!(check(r#"{"models":[{"model":"a","parents":[]}]}"#), Ok(None));
-        assert!(check(r#"{"models":[{"model":"a","license_conflict":"yes"}]}"#).is_err());
-        assert!(check(r#"{"models":[{"model":"a","declared_correct":1}]}"#).is_err());
-        assert!(check("[]").is_err());
     }
 }

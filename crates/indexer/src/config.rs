@@ -1,10 +1,16 @@
-//! Configuration: `config/modeltree.toml` is the documented default, embedded here and printed by
-//! `modeltree config default`.
+//! Configuration: one table row per setting, and the `Config` the rest of the indexer reads.
 //!
-//! Precedence: built-in defaults < file < environment (`MODELTREE_…`) < flags. Every setting is one row of
-//! [`KEYS`] (section, key, environment variable, kind), and every layer goes through the same [`Config::set`],
-//! so a value means the same thing whether it came from the file, the environment or a flag. The token itself is
-//! never part of the configuration: only where to read it from (`HF_TOKEN` or a file).
+//! [`SETTINGS`] is the only list of settings: each row names the setting's section and key in the file, its
+//! environment variable, its command-line flag (if any), its kind, its built-in default and one line of
+//! documentation (the flag's help). [`Config::default`] is made by applying every row's default, and every layer
+//! goes through the same [`Config::set`], so a value means the same thing whether it came from the defaults, the
+//! file, the environment or a flag. Precedence: built-in defaults < file < environment (`MODELTREE_…`) < flags.
+//!
+//! `config/modeltree.toml` is the documented default, embedded as [`DEFAULT_TOML`] and printed by
+//! `modeltree config default`; a test checks that it parses to [`Config::default`] and documents every row.
+//! This module does no IO: the binary reads the file and hands its text to [`Config::from_file_text`], and passes
+//! the environment as a lookup function. The token itself is never part of the configuration: only where to read
+//! it from (`HF_TOKEN` or a file).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,57 +19,240 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use signature::Scheme;
 
-use crate::daemon::schedule::Schedule;
-
-/// Every 15 minutes.
-const DEFAULT_SCHEDULE: &str = "*/15 * * * *";
+use crate::convert::method_name;
+use crate::export::Format;
+use crate::schedule::Schedule;
 
 /// The documented default configuration, byte for byte.
-pub const DEFAULT_TOML: &str = include_str!("../config/modeltree.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../../config/modeltree.toml");
 
-/// How a value is spelled in the environment (a file uses TOML types).
+/// How a value is spelled in the environment and on the command line (a file uses TOML types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Str,
     Int,
     Float,
     Bool,
-    /// A comma-separated list in the environment, an array in the file.
+    /// A comma-separated list in the environment, a repeated flag on the command line, an array in the file.
     List,
 }
 
-/// Every setting: `(section, key, environment variable, kind)`.
-pub const KEYS: &[(&str, &str, &str, Kind)] = &[
-    ("store", "db", "MODELTREE_DB", Kind::Str),
-    ("signature", "sketch_k", "MODELTREE_SKETCH_K", Kind::Int),
-    ("signature", "samples", "MODELTREE_SAMPLES", Kind::Int),
-    ("signature", "seed", "MODELTREE_SEED", Kind::Int),
-    ("signature", "row_fraction", "MODELTREE_FETCH_FRACTION", Kind::Float),
-    ("lineage", "method", "MODELTREE_METHOD", Kind::Str),
-    ("hub", "endpoint", "MODELTREE_ENDPOINT", Kind::Str),
-    ("hub", "token_file", "MODELTREE_TOKEN_FILE", Kind::Str),
-    ("hub", "tier", "MODELTREE_TIER", Kind::Str),
-    ("hub", "concurrency", "MODELTREE_CONCURRENCY", Kind::Int),
-    ("hub", "requests_in_flight", "MODELTREE_REQUESTS_IN_FLIGHT", Kind::Int),
-    ("daemon", "schedule", "MODELTREE_SCHEDULE", Kind::Str),
-    ("daemon", "status_addr", "MODELTREE_STATUS_ADDR", Kind::Str),
-    ("daemon", "allow_non_loopback_status", "MODELTREE_ALLOW_NON_LOOPBACK_STATUS", Kind::Bool),
-    ("daemon", "shutdown_deadline", "MODELTREE_SHUTDOWN_DEADLINE", Kind::Str),
-    ("daemon", "log_format", "MODELTREE_LOG_FORMAT", Kind::Str),
-    ("daemon", "overlap", "MODELTREE_OVERLAP", Kind::Str),
-    ("daemon", "full_listing_every", "MODELTREE_FULL_LISTING_EVERY", Kind::Int),
-    ("daemon", "retry_base", "MODELTREE_RETRY_BASE", Kind::Str),
-    ("daemon", "retry_cap", "MODELTREE_RETRY_CAP", Kind::Str),
-    ("filters", "authors", "MODELTREE_AUTHORS", Kind::List),
-    ("filters", "tags", "MODELTREE_TAGS", Kind::List),
-    ("filters", "pipeline_tag", "MODELTREE_PIPELINE_TAG", Kind::Str),
-    ("filters", "library", "MODELTREE_LIBRARY", Kind::Str),
-    ("filters", "min_downloads", "MODELTREE_MIN_DOWNLOADS", Kind::Int),
-];
+/// Which commands take a setting as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    /// File and environment only.
+    None,
+    /// A global flag of every command (`--db`).
+    Global(&'static str),
+    /// A flag of `daemon`.
+    Daemon(&'static str),
+    /// A flag of `daemon` and of `crawl`.
+    Shared(&'static str),
+}
+
+/// One setting: where it is read from, what it holds by default, and what it means.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub env: &'static str,
+    pub flag: Flag,
+    pub kind: Kind,
+    /// The built-in default, spelled as in the environment.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+impl Setting {
+    /// `section.key`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+}
+
+const fn row(
+    section: &'static str,
+    key: &'static str,
+    env: &'static str,
+    flag: Flag,
+    kind: Kind,
+    default: &'static str,
+    doc: &'static str,
+) -> Setting {
+    Setting { section, key, env, flag, kind, default, doc }
+}
+
+/// Every setting. The default share of row blocks read per tensor (0.02) comes from `scripts/bench-crawl.sh` on
+/// the wide zoo: it reads 4.2% of checkpoint bytes there (about 3% on real shapes, where tensors have ≥ 1024
+/// rows) at the edge accuracy and typed F1 of a full read.
+pub const SETTINGS: &[Setting] = {
+    use Flag::{Daemon, Global, None, Shared};
+    use Kind::{Bool, Float, Int, List, Str};
+    &[
+        row("store", "db", "MODELTREE_DB", Global("db"), Str, "", "SQLite database (empty: the platform default)"),
+        row("signature", "sketch_k", "MODELTREE_SKETCH_K", None, Int, "64", "side of the k×k sketch per 2-D tensor"),
+        row(
+            "signature",
+            "samples",
+            "MODELTREE_SAMPLES",
+            None,
+            Int,
+            "1024",
+            "values kept per tensor at seeded positions",
+        ),
+        row(
+            "signature",
+            "seed",
+            "MODELTREE_SEED",
+            None,
+            Int,
+            "0x6d6f64656c747265",
+            "seed of sketches, samples and rows",
+        ),
+        row(
+            "signature",
+            "row_fraction",
+            "MODELTREE_FETCH_FRACTION",
+            Shared("fetch-fraction"),
+            Float,
+            "0.02",
+            "share of each tensor's row blocks read (signature.row_fraction)",
+        ),
+        row("lineage", "method", "MODELTREE_METHOD", None, Str, "default", "\"default\" or \"mother\""),
+        row(
+            "hub",
+            "endpoint",
+            "MODELTREE_ENDPOINT",
+            Shared("endpoint"),
+            Str,
+            "https://huggingface.co",
+            "the Hub's base URL (hub.endpoint)",
+        ),
+        row("hub", "token_file", "MODELTREE_TOKEN_FILE", None, Str, "", "where the access token is read from"),
+        row("hub", "tier", "MODELTREE_TIER", Shared("tier"), Str, "anonymous", "anonymous, free or pro (hub.tier)"),
+        row(
+            "hub",
+            "concurrency",
+            "MODELTREE_CONCURRENCY",
+            Shared("concurrency"),
+            Int,
+            "4",
+            "models signed at once (hub.concurrency)",
+        ),
+        row(
+            "hub",
+            "requests_in_flight",
+            "MODELTREE_REQUESTS_IN_FLIGHT",
+            None,
+            Int,
+            "8",
+            "HTTP requests in flight at once",
+        ),
+        row(
+            "daemon",
+            "schedule",
+            "MODELTREE_SCHEDULE",
+            Daemon("schedule"),
+            Str,
+            "*/15 * * * *",
+            "cron line: 5 fields (crontab), or 6/7 with seconds first (daemon.schedule)",
+        ),
+        row(
+            "daemon",
+            "status_addr",
+            "MODELTREE_STATUS_ADDR",
+            Daemon("status-addr"),
+            Str,
+            "",
+            "loopback ip:port for /metrics and /healthz (daemon.status_addr)",
+        ),
+        row(
+            "daemon",
+            "allow_non_loopback_status",
+            "MODELTREE_ALLOW_NON_LOOPBACK_STATUS",
+            None,
+            Bool,
+            "false",
+            "serve the status endpoint on a non-loopback address",
+        ),
+        row(
+            "daemon",
+            "shutdown_deadline",
+            "MODELTREE_SHUTDOWN_DEADLINE",
+            Daemon("shutdown-deadline"),
+            Str,
+            "30s",
+            "how long in-flight work may take to finish after SIGTERM, e.g. 30s (daemon.shutdown_deadline)",
+        ),
+        row(
+            "daemon",
+            "log_format",
+            "MODELTREE_LOG_FORMAT",
+            Daemon("log-format"),
+            Str,
+            "text",
+            "text or json (daemon.log_format)",
+        ),
+        row(
+            "daemon",
+            "overlap",
+            "MODELTREE_OVERLAP",
+            Daemon("overlap"),
+            Str,
+            "1h",
+            "listing overlap before the checkpoint, e.g. 1h (daemon.overlap)",
+        ),
+        row(
+            "daemon",
+            "full_listing_every",
+            "MODELTREE_FULL_LISTING_EVERY",
+            Daemon("full-listing-every"),
+            Int,
+            "24",
+            "a full listing every N runs (daemon.full_listing_every)",
+        ),
+        row("daemon", "retry_base", "MODELTREE_RETRY_BASE", None, Str, "5m", "first retry delay of a failed repo"),
+        row("daemon", "retry_cap", "MODELTREE_RETRY_CAP", None, Str, "1d", "longest retry delay of a failed repo"),
+        row(
+            "filters",
+            "authors",
+            "MODELTREE_AUTHORS",
+            Daemon("author"),
+            List,
+            "",
+            "follow this author (repeatable; filters.authors)",
+        ),
+        row(
+            "filters",
+            "tags",
+            "MODELTREE_TAGS",
+            Daemon("tag"),
+            List,
+            "",
+            "require this tag (repeatable; filters.tags)",
+        ),
+        row("filters", "pipeline_tag", "MODELTREE_PIPELINE_TAG", None, Str, "", "only models with this pipeline tag"),
+        row("filters", "library", "MODELTREE_LIBRARY", None, Str, "", "only models of this library"),
+        row(
+            "filters",
+            "min_downloads",
+            "MODELTREE_MIN_DOWNLOADS",
+            None,
+            Int,
+            "0",
+            "only models with at least this many downloads",
+        ),
+    ]
+};
+
+/// The row of `section.key`.
+pub fn setting(section: &str, key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.section == section && s.key == key)
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// `None` means the platform default path.
+    /// `None` means the platform default path (the binary resolves it).
     pub db: Option<PathBuf>,
     /// The signature scheme; its `row_fraction` is also the crawl's fetch fraction.
     pub scheme: Scheme,
@@ -132,56 +321,54 @@ pub struct Filters {
 /// `[[exports]]`: a file rewritten (atomically) after each daemon run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Export {
-    pub format: crate::export::Format,
+    pub format: Format,
     pub path: PathBuf,
 }
 
-/// Default share of row blocks read per tensor, from `scripts/bench-crawl.sh` on the wide zoo: 0.02 reads 4.2%
-/// of checkpoint bytes there (about 3% on real shapes, where tensors have ≥ 1024 rows) at the edge accuracy and
-/// typed F1 of a full read.
-pub const DEFAULT_FETCH_FRACTION: f64 = 0.02;
-
 impl Default for Config {
+    /// Every row of [`SETTINGS`] at its default.
     fn default() -> Config {
-        Config {
+        let mut config = Config {
             db: None,
-            scheme: Scheme { row_fraction: DEFAULT_FETCH_FRACTION, ..Scheme::default() },
+            scheme: Scheme::default(),
             method: lineage::Method::Default,
             hub: HubSettings {
-                endpoint: "https://huggingface.co".to_owned(),
+                endpoint: String::new(),
                 token_file: None,
                 tier: hub::Tier::Anonymous,
-                concurrency: 4,
-                requests_in_flight: 8,
+                concurrency: 1,
+                requests_in_flight: 1,
             },
             daemon: DaemonSettings {
-                schedule: Schedule::parse(DEFAULT_SCHEDULE).expect("the default schedule parses (tested)"),
+                schedule: Schedule::parse("@hourly").expect("a shorthand parses (tested)"),
                 status_addr: None,
                 allow_non_loopback_status: false,
-                shutdown_deadline: Duration::from_secs(30),
+                shutdown_deadline: Duration::ZERO,
                 log_format: LogFormat::Text,
-                overlap: Duration::from_secs(3600),
-                full_listing_every: 24,
-                retry_base: Duration::from_secs(300),
-                retry_cap: Duration::from_secs(86_400),
+                overlap: Duration::ZERO,
+                full_listing_every: 1,
+                retry_base: Duration::ZERO,
+                // The base is checked against the cap, and the cap's row comes after the base's.
+                retry_cap: Duration::MAX,
             },
             filters: Filters::default(),
             exports: Vec::new(),
+        };
+        for s in SETTINGS {
+            config.set_text(s, s.default).expect("every built-in default is valid (tested)");
         }
+        config
     }
 }
 
 impl Config {
-    /// Built-in defaults, overlaid with `path` when given.
+    /// Built-in defaults overlaid with a settings file's text; `path` only names the file in errors.
     ///
     /// # Errors
-    /// When the file cannot be read, is not TOML, or holds an unknown key or a value out of range.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    /// When the text is not TOML, or holds an unknown key or a value out of range.
+    pub fn from_file_text(path: &Path, text: &str) -> anyhow::Result<Config> {
         let mut config = Config::default();
-        if let Some(path) = path {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            config.overlay(&text).with_context(|| format!("in {}", path.display()))?;
-        }
+        config.overlay(text).with_context(|| format!("in {}", path.display()))?;
         Ok(config)
     }
 
@@ -191,24 +378,38 @@ impl Config {
     /// # Errors
     /// When a variable's value is invalid for its setting (the message names the variable).
     pub fn overlay_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        for &(section, key, env, kind) in KEYS {
-            let Some(text) = var(env).filter(|v| !v.trim().is_empty()) else { continue };
-            let value = env_value(&text, kind).with_context(|| format!("${env}"))?;
-            self.set(section, key, &value).with_context(|| format!("${env}"))?;
+        for s in SETTINGS {
+            let Some(text) = var(s.env).filter(|v| !v.trim().is_empty()) else { continue };
+            self.set_text(s, &text).with_context(|| format!("${}", s.env))?;
         }
         Ok(())
     }
 
-    /// Sets one value given as text (a flag or an environment variable), parsed by the key's kind.
+    /// Applies a flag's values (several for a repeated list flag).
     ///
     /// # Errors
-    /// For an unknown key or an invalid value.
-    pub fn set_text(&mut self, section: &str, key: &str, text: &str) -> anyhow::Result<()> {
-        let Some(&(_, _, _, kind)) = KEYS.iter().find(|(s, k, _, _)| *s == section && *k == key) else {
-            bail!("unknown setting {section}.{key}");
+    /// For an invalid value (the message names the flag).
+    pub fn set_flag(&mut self, setting: &Setting, values: &[String]) -> anyhow::Result<()> {
+        let flag = match setting.flag {
+            Flag::Global(f) | Flag::Daemon(f) | Flag::Shared(f) => f,
+            Flag::None => setting.key,
         };
-        let value = env_value(text, kind)?;
-        self.set(section, key, &value)
+        let value = if setting.kind == Kind::List {
+            toml::Value::Array(values.iter().map(|v| toml::Value::String(v.trim().to_owned())).collect())
+        } else {
+            let text = values.last().map(String::as_str).unwrap_or_default();
+            text_value(text, setting.kind).with_context(|| format!("--{flag}"))?
+        };
+        self.set(setting.section, setting.key, &value).with_context(|| format!("--{flag}"))
+    }
+
+    /// Sets one value given as text (a default, an environment variable), parsed by the setting's kind.
+    ///
+    /// # Errors
+    /// For an invalid value.
+    pub fn set_text(&mut self, setting: &Setting, text: &str) -> anyhow::Result<()> {
+        let value = text_value(text, setting.kind)?;
+        self.set(setting.section, setting.key, &value)
     }
 
     fn overlay(&mut self, text: &str) -> anyhow::Result<()> {
@@ -314,59 +515,71 @@ impl Config {
         Ok(())
     }
 
-    /// The settings in effect, as TOML (`modeltree daemon --print-config`). Holds no secret: the token is only
-    /// named by where it comes from.
-    pub fn to_toml(&self) -> String {
+    /// A setting's current value as it is written in the file (the inverse of [`Config::set`]).
+    fn get(&self, section: &str, key: &str) -> toml::Value {
+        use toml::Value as V;
         let d = &self.daemon;
-        let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        let list = |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect()).to_string();
-        let path = |p: &Option<PathBuf>| quoted(&p.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
-        let mut out = format!(
-            "[store]\ndb = {}\n\n[signature]\nsketch_k = {}\nsamples = {}\nseed = {}\nrow_fraction = {:?}\n\n\
-             [lineage]\nmethod = {}\n\n[hub]\nendpoint = {}\ntoken_file = {}\ntier = {}\nconcurrency = {}\n\
-             requests_in_flight = {}\n\n[daemon]\nschedule = {}\nstatus_addr = {}\nallow_non_loopback_status = {}\n\
-             shutdown_deadline = {}\nlog_format = {}\noverlap = {}\nfull_listing_every = {}\nretry_base = {}\n\
-             retry_cap = {}\n\n[filters]\nauthors = {}\ntags = {}\npipeline_tag = {}\nlibrary = {}\n\
-             min_downloads = {}\n",
-            path(&self.db),
-            self.scheme.sketch_k,
-            self.scheme.samples,
-            self.scheme.seed as i64,
-            self.scheme.row_fraction,
-            quoted(crate::solve::method_name(self.method)),
-            quoted(&self.hub.endpoint),
-            path(&self.hub.token_file),
-            quoted(match self.hub.tier {
+        let text = |s: &str| V::String(s.to_owned());
+        let path = |p: &Option<PathBuf>| text(&p.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        let list = |v: &[String]| V::Array(v.iter().cloned().map(V::String).collect());
+        match (section, key) {
+            ("store", "db") => path(&self.db),
+            ("signature", "sketch_k") => V::Integer(self.scheme.sketch_k.into()),
+            ("signature", "samples") => V::Integer(self.scheme.samples.into()),
+            ("signature", "seed") => V::Integer(self.scheme.seed as i64),
+            ("signature", "row_fraction") => V::Float(self.scheme.row_fraction),
+            ("lineage", "method") => text(method_name(self.method)),
+            ("hub", "endpoint") => text(&self.hub.endpoint),
+            ("hub", "token_file") => path(&self.hub.token_file),
+            ("hub", "tier") => text(match self.hub.tier {
                 hub::Tier::Anonymous => "anonymous",
                 hub::Tier::Free => "free",
                 hub::Tier::Pro => "pro",
                 hub::Tier::Custom { .. } => "custom",
             }),
-            self.hub.concurrency,
-            self.hub.requests_in_flight,
-            quoted(d.schedule.source()),
-            quoted(&d.status_addr.map(|a| a.to_string()).unwrap_or_default()),
-            d.allow_non_loopback_status,
-            quoted(&format_duration(d.shutdown_deadline)),
-            quoted(match d.log_format {
+            ("hub", "concurrency") => V::Integer(self.hub.concurrency as i64),
+            ("hub", "requests_in_flight") => V::Integer(self.hub.requests_in_flight as i64),
+            ("daemon", "schedule") => text(d.schedule.source()),
+            ("daemon", "status_addr") => text(&d.status_addr.map(|a| a.to_string()).unwrap_or_default()),
+            ("daemon", "allow_non_loopback_status") => V::Boolean(d.allow_non_loopback_status),
+            ("daemon", "shutdown_deadline") => text(&format_duration(d.shutdown_deadline)),
+            ("daemon", "log_format") => text(match d.log_format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
             }),
-            quoted(&format_duration(d.overlap)),
-            d.full_listing_every,
-            quoted(&format_duration(d.retry_base)),
-            quoted(&format_duration(d.retry_cap)),
-            list(&self.filters.authors),
-            list(&self.filters.tags),
-            quoted(self.filters.pipeline_tag.as_deref().unwrap_or_default()),
-            quoted(self.filters.library.as_deref().unwrap_or_default()),
-            self.filters.min_downloads,
-        );
+            ("daemon", "overlap") => text(&format_duration(d.overlap)),
+            ("daemon", "full_listing_every") => V::Integer(d.full_listing_every.into()),
+            ("daemon", "retry_base") => text(&format_duration(d.retry_base)),
+            ("daemon", "retry_cap") => text(&format_duration(d.retry_cap)),
+            ("filters", "authors") => list(&self.filters.authors),
+            ("filters", "tags") => list(&self.filters.tags),
+            ("filters", "pipeline_tag") => text(self.filters.pipeline_tag.as_deref().unwrap_or_default()),
+            ("filters", "library") => text(self.filters.library.as_deref().unwrap_or_default()),
+            ("filters", "min_downloads") => V::Integer(self.filters.min_downloads as i64),
+            _ => V::String(String::new()),
+        }
+    }
+
+    /// The settings in effect, as TOML (`modeltree daemon --print-config`), one line per row of [`SETTINGS`].
+    /// Holds no secret: the token is only named by where it comes from.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for s in SETTINGS {
+            if s.section != section {
+                if !section.is_empty() {
+                    out.push('\n');
+                }
+                section = s.section;
+                out += &format!("[{section}]\n");
+            }
+            out += &format!("{} = {}\n", s.key, self.get(s.section, s.key));
+        }
         for e in &self.exports {
-            let format = clap::ValueEnum::to_possible_value(&e.format).map(|v| v.get_name().to_owned());
+            let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
             out += &format!(
                 "\n[[exports]]\nformat = {}\npath = {}\n",
-                quoted(&format.unwrap_or_default()),
+                quoted(e.format.as_str()),
                 quoted(&e.path.display().to_string())
             );
         }
@@ -384,12 +597,9 @@ fn exports(value: &toml::Value) -> anyhow::Result<Vec<Export>> {
                 bail!("unknown setting exports.{k}");
             }
             let name = table.get("format").and_then(|v| v.as_str()).context("exports.format must be a string")?;
-            let format = <crate::export::Format as clap::ValueEnum>::from_str(name, false).map_err(|_| {
-                let known: Vec<String> = <crate::export::Format as clap::ValueEnum>::value_variants()
-                    .iter()
-                    .filter_map(|f| clap::ValueEnum::to_possible_value(f).map(|v| v.get_name().to_owned()))
-                    .collect();
-                anyhow::anyhow!("exports.format must be one of {known:?}, not {name:?}")
+            let format = Format::parse(name).with_context(|| {
+                let known: Vec<&str> = Format::ALL.iter().map(|f| f.as_str()).collect();
+                format!("exports.format must be one of {known:?}, not {name:?}")
             })?;
             let path = table.get("path").and_then(|v| v.as_str()).filter(|p| !p.is_empty());
             let path = path.context("exports.path must be a non-empty string")?;
@@ -398,8 +608,8 @@ fn exports(value: &toml::Value) -> anyhow::Result<Vec<Export>> {
         .collect()
 }
 
-/// A value given as text (environment or flag), typed by its setting's kind.
-fn env_value(text: &str, kind: Kind) -> anyhow::Result<toml::Value> {
+/// A value given as text (a default, the environment or a flag), typed by its setting's kind.
+fn text_value(text: &str, kind: Kind) -> anyhow::Result<toml::Value> {
     let text = text.trim();
     Ok(match kind {
         Kind::Str => toml::Value::String(text.to_owned()),
@@ -481,9 +691,14 @@ mod tests {
         parsed.overlay(DEFAULT_TOML).expect("the embedded default parses");
         assert_eq!(parsed, Config::default());
         // Every setting is documented in the default file, and the printed form reads back the same.
-        for (section, key, env, _) in KEYS {
-            assert!(DEFAULT_TOML.contains(&format!("\n{key} = ")), "{section}.{key} is not in config/modeltree.toml");
-            assert!(DEFAULT_TOML.contains(env), "{env} is not mentioned in config/modeltree.toml");
+        for s in SETTINGS {
+            assert!(DEFAULT_TOML.contains(&format!("\n{} = ", s.key)), "{} is not in config/modeltree.toml", s.name());
+            assert!(DEFAULT_TOML.contains(s.env), "{} is not mentioned in config/modeltree.toml", s.env);
+            if let Flag::Daemon(flag) | Flag::Shared(flag) = s.flag
+                && !matches!(s.kind, Kind::List)
+            {
+                assert!(DEFAULT_TOML.contains(&format!("`--{flag}`")), "--{flag} is not in config/modeltree.toml");
+            }
         }
         let mut reread = Config::default();
         reread.overlay(&Config::default().to_toml()).expect("printed config parses");
@@ -520,7 +735,7 @@ mod tests {
         let mut c = Config::default();
         c.overlay("[[exports]]\nformat = \"json\"\npath = \"/out/a.json\"\n[filters]\nauthors = [\"a\", \"b\"]\n")
             .expect("valid");
-        assert_eq!(c.exports, vec![Export { format: crate::export::Format::Json, path: "/out/a.json".into() }]);
+        assert_eq!(c.exports, vec![Export { format: Format::Json, path: "/out/a.json".into() }]);
         assert_eq!(c.filters.authors, ["a", "b"]);
     }
 
@@ -540,7 +755,12 @@ mod tests {
         let mut c = Config::default();
         c.overlay(file).expect("file");
         c.overlay_env(|k| env.get(k).map(|v| (*v).to_owned())).expect("env");
-        c.set_text("hub", "endpoint", "http://flag.example").expect("flag");
+        let endpoint = setting("hub", "endpoint").expect("a setting");
+        c.set_flag(endpoint, &["http://flag.example".to_owned()]).expect("flag");
+        let authors = setting("filters", "authors").expect("a setting");
+        let mut flagged = c.clone();
+        flagged.set_flag(authors, &["org-c".to_owned(), "org-d".to_owned()]).expect("list flag");
+        assert_eq!(flagged.filters.authors, ["org-c", "org-d"]);
         // Flag beats environment beats file.
         assert_eq!(c.hub.endpoint, "http://flag.example");
         // Environment beats file.

@@ -4,26 +4,51 @@
 //! lineage when the indexed set changed. One bad repo is recorded and the crawl goes on.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use hub::{Commit, HubClient, HubConfig, ListQuery, RemoteFile, RemoteOptions, RepoId, Revision, Stats, Tier};
+use hub::{Commit, HubClient, HubConfig, ListQuery, RemoteFile, RemoteOptions, RepoId, Revision, Stats};
 use indicatif::{ProgressBar, ProgressStyle};
 use signature::{ModelSignature, Scheme};
-use store::{FileRecord, ModelRecord, ModelStatus, RetryPolicy, RunKind, RunStatus, Store};
+use store::{FileRecord, ModelRecord, ModelStatus, RetryPolicy, RunKind, Store};
 
-use crate::{commands, meta, output};
+use crate::config::{Config, HubSettings};
+use crate::run::{Report, Writer};
+use crate::{human_bytes, meta, solve};
 
 /// Card, config and adapter files larger than this are not read (real ones are a few KiB).
 const MAX_SMALL_FILE: u64 = 1 << 20;
 /// The Hub serves at most 1,000 models per listing page.
-const PAGE_SIZE: u32 = 1000;
+pub(crate) const PAGE_SIZE: u32 = 1000;
 
-/// What to crawl and how.
-#[derive(Clone, Debug)]
+/// The one Hub client factory: `crawl`, the daemon and the demo build their client here from `[hub]`, so the
+/// endpoint, token, tier and request limit mean the same for every command.
+///
+/// # Errors
+/// When the token cannot be read or the endpoint is not a usable URL.
+pub fn hub_client(settings: &HubSettings) -> anyhow::Result<HubClient> {
+    let token = match &settings.token_file {
+        Some(path) => {
+            let path = path.to_string_lossy().into_owned();
+            hub::Token::from_lookup(|name| (name == "HF_TOKEN_PATH").then(|| path.clone()))
+        }
+        None => hub::Token::from_env(),
+    }
+    .context("cannot read the Hugging Face token")?;
+    tracing::info!(token = token.is_some(), "hub credentials");
+    let mut config = HubConfig::new(settings.endpoint.clone());
+    config.token = token;
+    config.tier = settings.tier;
+    config.concurrency = settings.requests_in_flight.max(1);
+    // Signed CDN URLs live on other hosts in production.
+    config.allow_non_loopback_redirects = true;
+    HubClient::new(config).context("cannot set up the Hub client")
+}
+
+/// What to crawl beyond the configuration: the listing's query and how to read.
+#[derive(Clone, Debug, Default)]
 pub struct CrawlOptions {
-    pub endpoint: String,
     pub author: Option<String>,
     pub search: Option<String>,
     pub filter: Vec<String>,
@@ -31,13 +56,8 @@ pub struct CrawlOptions {
     pub limit: Option<usize>,
     /// Download whole files into the Hugging Face cache and sign them from disk.
     pub full: bool,
-    /// Models signed at once.
-    pub concurrency: usize,
-    pub tier: Tier,
-    /// Requests in flight at once over the whole crawl.
-    pub requests_in_flight: usize,
-    /// Production needs redirects to the CDN's host; tests and the demo keep everything on loopback.
-    pub allow_non_loopback_redirects: bool,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
 }
 
 /// What a crawl did.
@@ -50,8 +70,8 @@ pub struct CrawlStats {
     pub edges: Option<usize>,
 }
 
-impl CrawlStats {
-    pub fn to_json(&self) -> serde_json::Value {
+impl Report for CrawlStats {
+    fn stats_json(&self) -> serde_json::Value {
         let (r, i) = (&self.requests, &self.indexed);
         serde_json::json!({
             "listed": self.listed, "new": i.new, "changed": i.changed,
@@ -64,29 +84,6 @@ impl CrawlStats {
             },
             "edges": self.edges,
         })
-    }
-
-    pub fn summary(&self) -> String {
-        let (r, i) = (&self.requests, &self.indexed);
-        format!(
-            "models: {} listed, {} new, {} changed, {} unchanged, {} failed\n\
-             bytes: {} fetched of {} in the checkpoints signed ({:.2}%)\n\
-             requests: {} api, {} resolvers, {} cdn; {} retries, {} rate-limited, {:.1} s waiting for budget",
-            self.listed,
-            i.new,
-            i.changed,
-            i.unchanged,
-            i.failed,
-            output::bytes(i.bytes_fetched),
-            output::bytes(i.checkpoint_bytes),
-            if i.checkpoint_bytes == 0 { 0.0 } else { 100.0 * i.bytes_fetched as f64 / i.checkpoint_bytes as f64 },
-            r.api_requests,
-            r.resolver_requests,
-            r.cdn_requests,
-            r.retries,
-            r.rate_limited,
-            r.waited.as_secs_f64(),
-        )
     }
 }
 
@@ -106,6 +103,8 @@ pub struct IndexStats {
     pub failed: usize,
     pub bytes_fetched: u64,
     pub checkpoint_bytes: u64,
+    /// Repos that finished after a stop was requested: they were in flight at the stop and were drained.
+    pub drained: usize,
     /// A stop was requested and some repos were not started (they are picked up by the next run).
     pub stopped: bool,
 }
@@ -121,6 +120,8 @@ pub struct IndexOptions<'a> {
     pub retry: RetryPolicy,
     /// Once set, no further repo is started; those in flight finish and are stored.
     pub stop: Option<&'a AtomicBool>,
+    /// Kept equal to the number of repos being signed (the daemon's `models_in_flight` gauge).
+    pub in_flight: Option<&'a AtomicI64>,
     pub progress: bool,
 }
 
@@ -139,42 +140,22 @@ struct Signed {
     checkpoint_bytes: u64,
 }
 
-/// Crawls the endpoint into the store.
+/// Crawls `config.hub.endpoint` into the store in one recorded run, with the configured scheme, method and
+/// concurrency.
 ///
 /// # Errors
 /// When the endpoint is unusable (bad URL or token, listing fails after retries) or the store fails. A single
 /// repo's failure is recorded in the store, not returned.
-pub async fn crawl(
-    store: &mut Store,
-    options: &CrawlOptions,
-    scheme: &Scheme,
-    method: lineage::Method,
-) -> anyhow::Result<CrawlStats> {
-    let token = hub::Token::from_env().context("cannot read the Hugging Face token")?;
-    let mut config = HubConfig::new(options.endpoint.clone());
-    config.token = token;
-    config.tier = options.tier;
-    config.concurrency = options.requests_in_flight.max(1);
-    config.allow_non_loopback_redirects = options.allow_non_loopback_redirects;
-    let client = HubClient::new(config).context("cannot set up the Hub client")?;
-    // The daemon's single-instance lock: a crawl and a daemon on one database would both crawl, and each would
-    // take the other's `running` run for a dead one.
-    let _lock = crate::daemon::lock::InstanceLock::acquire(store.path())?;
-    store.interrupt_stale_runs().context("cannot mark stale runs")?;
-    let run = store.begin_run(RunKind::Crawl).context("cannot start a run")?;
-    let result = crawl_run(store, &client, options, scheme, method, run).await;
-    let status = if result.is_ok() { RunStatus::Ok } else { RunStatus::Failed };
-    let stats_json = result.as_ref().map(|s| s.to_json().to_string()).ok();
-    store.finish_run(run, status, stats_json.as_deref()).context("cannot finish the run")?;
-    result
+pub async fn crawl(writer: &mut Writer, config: &Config, options: &CrawlOptions) -> anyhow::Result<CrawlStats> {
+    let client = hub_client(&config.hub)?;
+    writer.record_async(RunKind::Crawl, async |store, run| crawl_run(store, &client, config, options, run).await).await
 }
 
 async fn crawl_run(
     store: &mut Store,
     client: &HubClient,
+    config: &Config,
     options: &CrawlOptions,
-    scheme: &Scheme,
-    method: lineage::Method,
     run: store::RunId,
 ) -> anyhow::Result<CrawlStats> {
     let mut stats = CrawlStats::default();
@@ -191,19 +172,21 @@ async fn crawl_run(
     let summaries: Vec<hub::ModelSummary> = listing.try_collect().await.context("cannot list models")?;
     stats.listed = summaries.len();
     let mut listing_failed = 0;
-    let listed = listed_commits(store, &options.endpoint, summaries, RetryPolicy::IMMEDIATE, &mut listing_failed)?;
+    let endpoint = config.hub.endpoint.as_str();
+    let listed = listed_commits(store, endpoint, summaries, RetryPolicy::IMMEDIATE, &mut listing_failed)?;
     let index = IndexOptions {
-        endpoint: &options.endpoint,
-        scheme,
+        endpoint,
+        scheme: &config.scheme,
         full: options.full,
-        concurrency: options.concurrency,
+        concurrency: config.hub.concurrency,
         retry: RetryPolicy::IMMEDIATE,
         stop: None,
-        progress: true,
+        in_flight: None,
+        progress: options.progress,
     };
     let done = index_listed(store, client, listed, &index, &mut |_| {}).await?;
     stats.indexed = IndexStats { failed: done.failed + listing_failed, ..done };
-    stats.edges = commands::solve_if_needed(store, run, scheme, method)?;
+    stats.edges = solve::solve_if_needed(store, run, &config.scheme, config.method)?;
     stats.requests = client.stats();
     Ok(stats)
 }
@@ -269,18 +252,28 @@ pub async fn index_listed(
         ProgressStyle::with_template("{spinner} crawling [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let stop = options.stop;
+    let (stop, in_flight) = (options.stop, options.in_flight);
+    let stopping = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
     let (endpoint, scheme, full) = (options.endpoint, options.scheme, options.full);
     let mut results = futures::stream::iter(todo)
-        .take_while(|_| std::future::ready(!stop.is_some_and(|s| s.load(Ordering::SeqCst))))
+        .take_while(|_| std::future::ready(!stopping()))
         .map(|t| async move {
+            if let Some(n) = in_flight {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
             let outcome = sign_repo(client, endpoint, &t.id, &t.commit, scheme, full).await;
+            if let Some(n) = in_flight {
+                n.fetch_sub(1, Ordering::Relaxed);
+            }
             (t, outcome)
         })
         .buffer_unordered(options.concurrency.max(1));
     let mut finished = 0;
     while let Some((todo, outcome)) = results.next().await {
         finished += 1;
+        if stopping() {
+            stats.drained += 1;
+        }
         match outcome {
             Ok(signed) => {
                 store.put_indexed(&signed.record, &signed.signature).context("cannot store a model")?;
@@ -309,7 +302,7 @@ pub async fn index_listed(
                 on_repo(RepoOutcome::Failed);
             }
         }
-        bar.set_message(output::bytes(client.stats().bytes()));
+        bar.set_message(human_bytes(client.stats().bytes()));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -334,26 +327,21 @@ async fn sign_repo(
     let info = client.model_info(id, &revision).await.context("cannot read the repo info")?;
     // The info answers for the commit we listed; a repo that moved on since is signed at what we asked for.
     let commit = &info.sha.clone();
-    let card = small_file(client, id, commit, &info, "README.md")
-        .await?
-        .map(|b| meta::parse_card(&String::from_utf8_lossy(&b), id.as_str()));
-    let config = small_file(client, id, commit, &info, "config.json").await?.map(|b| meta::parse_config(&b));
-    let adapter = small_file(client, id, commit, &info, "adapter_config.json")
-        .await?
-        .map(|b| meta::parse_adapter_config(&b))
-        .unwrap_or_default();
-    let config = config.unwrap_or_default();
-    // The card as the API parsed it is a fallback when README.md is missing or has no front matter.
-    let card = card.unwrap_or_else(|| {
+    let card = small_file(client, id, commit, &info, meta::CARD_FILE).await?;
+    let config = small_file(client, id, commit, &info, meta::CONFIG_FILE).await?;
+    let adapter = small_file(client, id, commit, &info, meta::ADAPTER_CONFIG_FILE).await?;
+    let mut repo = meta::parse(id.as_str(), card.as_deref(), config.as_deref(), adapter.as_deref());
+    // The card as the API parsed it is a fallback when README.md is missing.
+    if repo.card.is_none() {
         let data = info.card_data.clone().unwrap_or_default();
-        meta::Card {
+        repo.card = Some(meta::Card {
             license: data.licenses.first().cloned(),
             base_models: data.base_models.into_iter().filter(|b| b != id.as_str()).collect(),
             base_model_relation: data.base_model_relation,
-        }
-    });
+        });
+    }
     let files: Vec<RemoteFile> = info.siblings.iter().map(RemoteFile::from).collect();
-    let sign = meta::sign_options(&config);
+    let sign = repo.sign_options();
     let (signature, bytes_fetched, checkpoint_bytes, file_records) = if full {
         sign_full(client, id, commit, &info, scheme, sign).await?
     } else {
@@ -374,7 +362,7 @@ async fn sign_repo(
         created_at: info.created_at.map(|t| t.to_rfc3339()),
         last_modified: info.last_modified.map(|t| t.to_rfc3339()),
         files: file_records,
-        ..meta::record(card, config, adapter)
+        ..repo.record()
     };
     Ok(Signed { record, signature, bytes_fetched, checkpoint_bytes })
 }

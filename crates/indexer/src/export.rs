@@ -1,7 +1,9 @@
-//! `modeltree export`: the models, the recovered edges and the audit written for other tools.
+//! Exports: the models, the recovered edges and the audit written for other tools, and the JSON shapes of edges
+//! and findings that the binary prints too.
 //!
 //! [`Graph`] gathers what every format needs (models with normalised licenses, edges, findings) from the store;
-//! [`render`] writes one [`Format`]. JSON keeps the shape the command always had; JSONL is one object per model,
+//! [`render`] writes one [`Format`]; [`write`] renders a store's graph into a file atomically, which is what
+//! `modeltree export --out` and the daemon's configured exports both call. JSON keeps the shape the command always had; JSONL is one object per model,
 //! edge and finding; CSV is the lineage as a table; GraphML is typed for networkx and Gephi; DOT is for Graphviz;
 //! HTML is a self-contained report drawn by [`html`].
 //!
@@ -10,19 +12,17 @@
 
 mod html;
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, io::Write as _, path::Path};
 
 use anyhow::Context;
-use lineage::{Edge, Relation};
+use audit::{Finding, License, Severity};
+use lineage::{Edge, Relation, eval::Score};
 use store::Store;
 
-use crate::{
-    audit::{self, Finding, License, Severity},
-    output, solve,
-};
+use crate::convert::{audit_model, from_records};
 
 /// The export formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// `{"models": […], "edges": […]}`, pretty-printed.
     Json,
@@ -36,6 +36,123 @@ pub enum Format {
     Dot,
     /// A self-contained HTML report: the forest as SVG, the audit beside it, a search box.
     Html,
+}
+
+impl Format {
+    pub const ALL: [Format; 6] = [Format::Json, Format::Jsonl, Format::Csv, Format::Graphml, Format::Dot, Format::Html];
+
+    /// The name in `--format` and `[[exports]] format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+            Format::Graphml => "graphml",
+            Format::Dot => "dot",
+            Format::Html => "html",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+/// Renders the store's graph in `format` and writes it to `path` atomically.
+///
+/// # Errors
+/// When the store cannot be read or the file cannot be written.
+pub fn write(store: &Store, format: Format, path: &Path) -> anyhow::Result<()> {
+    let graph = Graph::from_store(store)?;
+    write_atomically(path, render(format, &graph)?.as_bytes())
+}
+
+/// Writes to a temporary file beside `path`, syncs it and renames it into place, so a reader never sees half a file.
+///
+/// # Errors
+/// When the folder cannot be written or the rename fails.
+pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    // A temporary file is created private (0600); an export is an ordinary file that others may read (0644,
+    // less whatever the umask removes).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(data).context("cannot write the export")?;
+    tmp.as_file().sync_all().context("cannot sync the export")?;
+    tmp.persist(path).with_context(|| format!("cannot rename into {}", path.display()))?;
+    Ok(())
+}
+
+/// `{"edges": […]}`, confidences rounded to four places.
+pub fn edges_json(edges: &[Edge]) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = edges
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "parent": e.parent, "child": e.child, "relation": e.relation.as_str(),
+                "confidence": (e.confidence * 1e4).round() / 1e4, "source": e.source.as_str(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "edges": list })
+}
+
+/// A license as JSON: raw, canonical id and class.
+pub fn license_json(l: &License) -> serde_json::Value {
+    serde_json::json!({ "raw": l.raw, "id": l.id, "class": l.class.as_str() })
+}
+
+/// A finding as JSON, with its evidence.
+pub fn finding_json(f: &Finding) -> serde_json::Value {
+    serde_json::json!({
+        "severity": f.severity.as_str(),
+        "kind": f.kind.as_str(),
+        "child": f.child,
+        "parent": f.parent,
+        "relation": f.relation.map(Relation::as_str),
+        "source": f.source.map(lineage::EdgeSource::as_str),
+        "confidence": f.confidence.map(|c| (c * 1e4).round() / 1e4),
+        "message": f.message,
+        "evidence": {
+            "child_license": license_json(&f.child_license),
+            "parent_license": f.parent_license.as_ref().map(license_json),
+            "declared_base_models": f.declared_bases,
+            "declared_relation": f.declared_relation,
+            "declared": f.declared,
+        },
+    })
+}
+
+/// A lineage score as JSON (`eval --json`).
+pub fn score_json(label: &str, s: &Score) -> serde_json::Value {
+    let per: Vec<serde_json::Value> = s
+        .per_relation
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "relation": r.relation, "tp": r.tp, "fp": r.fp, "fn": r.fn_,
+                "precision": r.precision, "recall": r.recall, "f1": r.f1,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "method": label,
+        "edge_accuracy": s.edge_accuracy,
+        "typed": { "precision": s.precision, "recall": s.recall, "f1": s.f1 },
+        "ari": s.ari,
+        "truth_edges": s.counts.truth_edges,
+        "recovered_edges": s.counts.recovered_edges,
+        "placed": s.counts.placed,
+        "per_relation": per,
+    })
+}
+
+/// An audit score as JSON (`eval --json`).
+pub fn audit_score_json(a: &audit::AuditScore) -> serde_json::Value {
+    let pr = |p: &audit::Pr| serde_json::json!({ "tp": p.tp, "fp": p.fp, "fn": p.fn_, "precision": p.precision, "recall": p.recall });
+    serde_json::json!({ "license_conflicts": pr(&a.license), "wrong_base_model": pr(&a.declared) })
 }
 
 /// A model as exported.
@@ -65,8 +182,8 @@ impl Graph {
     /// When the store cannot be read.
     pub fn from_store(store: &Store) -> anyhow::Result<Graph> {
         let models = store.models().context("cannot list models")?;
-        let edges = solve::from_records(&store.current_edges().context("cannot read edges")?);
-        let audit_models: Vec<audit::Model> = models.iter().map(audit::Model::from).collect();
+        let edges = from_records(&store.current_edges().context("cannot read edges")?);
+        let audit_models: Vec<audit::Model> = models.iter().map(audit_model).collect();
         let findings = audit::audit(&audit_models, &edges);
         let nodes = models
             .iter()
@@ -145,7 +262,7 @@ fn json(graph: &Graph) -> anyhow::Result<String> {
             })
         })
         .collect();
-    let doc = serde_json::json!({ "models": models, "edges": output::edges_json(&graph.edges)["edges"] });
+    let doc = serde_json::json!({ "models": models, "edges": edges_json(&graph.edges)["edges"] });
     Ok(serde_json::to_string_pretty(&doc)? + "\n")
 }
 
@@ -166,13 +283,13 @@ fn jsonl(graph: &Graph) -> anyhow::Result<String> {
         out.push('\n');
     }
     for e in &graph.edges {
-        let mut v = output::edges_json(std::slice::from_ref(e))["edges"][0].take();
+        let mut v = edges_json(std::slice::from_ref(e))["edges"][0].take();
         v["type"] = "edge".into();
         out.push_str(&serde_json::to_string(&v)?);
         out.push('\n');
     }
     for f in &graph.findings {
-        let mut v = f.to_json();
+        let mut v = finding_json(f);
         v["type"] = "finding".into();
         out.push_str(&serde_json::to_string(&v)?);
         out.push('\n');
@@ -472,7 +589,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 /// The integration tests' strict RFC 4180 reader.
 #[cfg(test)]
-#[path = "../tests/common/csv.rs"]
+#[path = "../../../tests/common/csv.rs"]
 mod test_csv;
 
 #[cfg(test)]
@@ -513,6 +630,22 @@ mod tests {
         let findings = audit::audit(&models, &edges);
         assert!(!findings.is_empty(), "the hostile license is not non-commercial");
         Graph::new(nodes, edges, findings)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exports_are_readable_like_any_file_the_user_creates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        // What the umask leaves of 0666 for a plain file, without the write bits for others.
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).expect("create");
+        let export = dir.path().join("export.json");
+        write_atomically(&export, b"{}").expect("write");
+        write_atomically(&export, b"{\"again\": true}").expect("replace");
+        assert_eq!(std::fs::read(&export).expect("read"), b"{\"again\": true}");
+        assert_eq!(mode(&export), mode(&plain) & 0o644);
     }
 
     #[test]

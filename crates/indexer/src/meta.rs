@@ -44,26 +44,65 @@ pub struct AdapterConfig {
     pub base_model: Option<String>,
 }
 
-/// The store's record of a model from what its repo says about itself; the caller adds identity and files.
-pub fn record(card: Card, config: ModelConfig, adapter: AdapterConfig) -> store::ModelRecord {
-    store::ModelRecord {
-        license: card.license,
-        declared_base_models: card.base_models,
-        base_model_relation: card.base_model_relation,
-        model_type: config.model_type,
-        architectures: config.architectures,
-        hidden_size: config.hidden_size,
-        num_layers: config.num_layers,
-        vocab_size: config.vocab_size,
-        config_json: config.json,
-        quantization: config.quantization,
-        adapter_base: adapter.base_model,
-        ..store::ModelRecord::default()
+/// The repo files metadata is read from.
+pub const CARD_FILE: &str = "README.md";
+pub const CONFIG_FILE: &str = "config.json";
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+
+/// What a repo's metadata files say. Scan (a folder) and crawl (the Hub) both read the three files and hand
+/// their bytes to [`parse`], so the two paths cannot read a card differently.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepoMeta {
+    /// `None` when the repo has no card file (crawl then falls back to the card data the Hub's API parsed).
+    pub card: Option<Card>,
+    pub config: ModelConfig,
+    pub adapter: AdapterConfig,
+}
+
+/// Parses a repo's card, `config.json` and `adapter_config.json` (each `None` when the repo lacks it).
+pub fn parse(id: &str, card: Option<&[u8]>, config: Option<&[u8]>, adapter_config: Option<&[u8]>) -> RepoMeta {
+    RepoMeta {
+        card: card.map(|b| parse_card(&String::from_utf8_lossy(b), id)),
+        config: config.map(parse_config).unwrap_or_default(),
+        adapter: adapter_config.map(parse_adapter_config).unwrap_or_default(),
+    }
+}
+
+/// Reads and parses the metadata files of a local model folder (each size-capped; unreadable counts as absent).
+pub fn read_dir(dir: &Path, id: &str) -> RepoMeta {
+    let read = |name: &str| read_small(&dir.join(name));
+    parse(id, read(CARD_FILE).as_deref(), read(CONFIG_FILE).as_deref(), read(ADAPTER_CONFIG_FILE).as_deref())
+}
+
+impl RepoMeta {
+    /// Reading options the model's `config.json` decides.
+    pub fn sign_options(&self) -> signature::SignOptions {
+        sign_options(&self.config)
+    }
+
+    /// The store's record of a model from what its repo says about itself; the caller adds identity and files.
+    pub fn record(self) -> store::ModelRecord {
+        let card = self.card.unwrap_or_default();
+        let (config, adapter) = (self.config, self.adapter);
+        store::ModelRecord {
+            license: card.license,
+            declared_base_models: card.base_models,
+            base_model_relation: card.base_model_relation,
+            model_type: config.model_type,
+            architectures: config.architectures,
+            hidden_size: config.hidden_size,
+            num_layers: config.num_layers,
+            vocab_size: config.vocab_size,
+            config_json: config.json,
+            quantization: config.quantization,
+            adapter_base: adapter.base_model,
+            ..store::ModelRecord::default()
+        }
     }
 }
 
 /// Reads a small file, or `None` if it is missing, unreadable or larger than the metadata limit.
-pub fn read_small(path: &Path) -> Option<Vec<u8>> {
+fn read_small(path: &Path) -> Option<Vec<u8>> {
     let file = fs::File::open(path).ok()?;
     if file.metadata().ok()?.len() > MAX_METADATA_BYTES {
         return None;
@@ -74,7 +113,7 @@ pub fn read_small(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// Parses the YAML front matter of a model card (`---` … `---` at the top of `README.md`).
-pub fn parse_card(text: &str, self_id: &str) -> Card {
+fn parse_card(text: &str, self_id: &str) -> Card {
     let Some(front) = front_matter(text) else { return Card::default() };
     let Ok(docs) = YamlLoader::load_from_str(front) else { return Card::default() };
     let Some(doc) = docs.into_iter().next() else { return Card::default() };
@@ -116,7 +155,7 @@ fn is_plausible_id(id: &str) -> bool {
 }
 
 /// Parses `config.json`.
-pub fn parse_config(bytes: &[u8]) -> ModelConfig {
+fn parse_config(bytes: &[u8]) -> ModelConfig {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return ModelConfig::default() };
     let Some(obj) = value.as_object() else { return ModelConfig::default() };
     let int = |key: &str| obj.get(key).and_then(|v| v.as_u64());
@@ -137,7 +176,7 @@ pub fn parse_config(bytes: &[u8]) -> ModelConfig {
 
 /// Reading options a model's `config.json` decides: how a GPTQ checkpoint stores its zero points
 /// (`quantization_config.checkpoint_format`: `gptq_v2` stores them as they are, anything else minus one).
-pub fn sign_options(config: &ModelConfig) -> signature::SignOptions {
+fn sign_options(config: &ModelConfig) -> signature::SignOptions {
     let v2 = config
         .quantization
         .as_deref()
@@ -150,7 +189,7 @@ pub fn sign_options(config: &ModelConfig) -> signature::SignOptions {
 }
 
 /// Parses `adapter_config.json`.
-pub fn parse_adapter_config(bytes: &[u8]) -> AdapterConfig {
+fn parse_adapter_config(bytes: &[u8]) -> AdapterConfig {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return AdapterConfig::default() };
     let base_model = value
         .get("base_model_name_or_path")

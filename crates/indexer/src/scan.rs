@@ -1,15 +1,18 @@
 //! `scan`: indexes model folders into the store. One folder at a time: read metadata, sign the weights, commit
 //! the model and its signature in one transaction. A folder that fails is recorded and the scan goes on; a folder
-//! whose files did not change since the last scan is not read again.
+//! whose files did not change since the last scan is not read again. [`scan`] wraps the roots in one recorded run
+//! and re-solves lineage when the indexed set changed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use lineage::Method;
 use signature::Scheme;
-use store::{FileRecord, ModelRecord, ModelStatus, Store};
+use store::{FileRecord, ModelRecord, ModelStatus, RunKind, Store};
 
-use crate::{discover, meta};
+use crate::run::{Report, Writer};
+use crate::{discover, meta, solve};
 
 /// What a scan did, per folder outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,8 +24,8 @@ pub struct ScanStats {
     pub bytes_read: u64,
 }
 
-impl ScanStats {
-    pub fn to_json(&self) -> serde_json::Value {
+impl Report for ScanStats {
+    fn stats_json(&self) -> serde_json::Value {
         serde_json::json!({
             "new": self.new, "changed": self.changed, "unchanged": self.unchanged,
             "failed": self.failed, "bytes_read": self.bytes_read,
@@ -30,11 +33,27 @@ impl ScanStats {
     }
 }
 
+/// Scans the roots in one recorded run, then re-solves lineage unless the last solve saw exactly the same
+/// models with the same method (see [`solve::solve_if_needed`]).
+///
+/// # Errors
+/// When a root cannot be walked or the store fails; a bad model folder is recorded as a failure.
+pub fn scan(writer: &mut Writer, roots: &[PathBuf], scheme: &Scheme, method: Method) -> anyhow::Result<ScanStats> {
+    writer.record(RunKind::Scan, |store, run| {
+        let mut stats = ScanStats::default();
+        for root in roots {
+            scan_root(store, root, scheme, &mut stats)?;
+        }
+        solve::solve_if_needed(store, run, scheme, method)?;
+        Ok(stats)
+    })
+}
+
 /// Indexes every model folder under `root`.
 ///
 /// # Errors
 /// Only when the root cannot be walked or the store fails; a bad model folder is recorded as a failure.
-pub fn scan_root(store: &mut Store, root: &Path, scheme: &Scheme, stats: &mut ScanStats) -> anyhow::Result<()> {
+fn scan_root(store: &mut Store, root: &Path, scheme: &Scheme, stats: &mut ScanStats) -> anyhow::Result<()> {
     let found = discover::model_dirs(root).with_context(|| format!("cannot walk {}", root.display()))?;
     let source = root.canonicalize().unwrap_or_else(|_| root.to_path_buf()).display().to_string();
     let bar = ProgressBar::new(found.len() as u64);
@@ -90,15 +109,9 @@ fn index_one(store: &mut Store, source: &str, id: &str, dir: &Path, scheme: &Sch
     {
         return Ok(Outcome::Unchanged);
     }
-    let card = meta::read_small(&dir.join("README.md"))
-        .map(|b| meta::parse_card(&String::from_utf8_lossy(&b), id))
-        .unwrap_or_default();
-    let config = meta::read_small(&dir.join("config.json")).map(|b| meta::parse_config(&b)).unwrap_or_default();
-    let adapter =
-        meta::read_small(&dir.join("adapter_config.json")).map(|b| meta::parse_adapter_config(&b)).unwrap_or_default();
+    let meta = meta::read_dir(dir, id);
     // The reader takes the LoRA scaling from adapter_config.json itself.
-    let signed =
-        signature::sign_model_dir(dir, scheme, &meta::sign_options(&config)).map_err(|e| Failure::Model(e.into()))?;
+    let signed = signature::sign_model_dir(dir, scheme, &meta.sign_options()).map_err(|e| Failure::Model(e.into()))?;
     let bytes = signed.files.iter().map(|f| f.len).sum();
     let record = ModelRecord {
         id: id.to_owned(),
@@ -113,7 +126,7 @@ fn index_one(store: &mut Store, source: &str, id: &str, dir: &Path, scheme: &Sch
                 fingerprint: file_fingerprint(&f.path),
             })
             .collect(),
-        ..meta::record(card, config, adapter)
+        ..meta.record()
     };
     store.put_indexed(&record, &signed.signature).map_err(|e| Failure::Store(e.into()))?;
     Ok(Outcome::Indexed { was_known: previous.is_some(), bytes })

@@ -1,12 +1,23 @@
-//! Runs lineage recovery over what the store holds and converts between the store's records and the lineage
-//! crate's types (the one place where that mapping lives).
+//! Lineage sync: keeping the stored edges equal to a solve of the stored signatures, in batch or incrementally.
+//!
+//! The stored lineage carries a checkpoint, [`SOLVED_INPUT`]: a fingerprint of the models (id, revision, status),
+//! scheme and method it was solved from. [`solve_if_needed`] (scan, crawl) solves in batch only when the
+//! fingerprint changed, so a command killed between indexing and solving still solves next time, and a command
+//! that changed nothing does no work. [`Live`] (the daemon) keeps a `lineage::Index` in memory across runs and
+//! re-solves only the families its new, changed and removed models touched; it writes the same checkpoint, and its
+//! edges equal a batch [`recover`] of the same store (the lineage crate's incremental == batch property).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context;
-use lineage::{Edge, EdgeSource, Method, ModelInput, Prior, Recovery, Relation};
+use lineage::{Method, ModelInput, Prior, Recovery};
 use signature::{ModelSignature, Scheme};
 use store::{EdgeRecord, Store};
+
+use crate::convert::{from_records, method_name, prior, to_record};
+
+/// Checkpoint key: the fingerprint of the models, scheme and method the current edges were solved from.
+pub const SOLVED_INPUT: &str = "lineage.solved_input";
 
 /// Recovers lineage for every indexed model signed with `scheme`.
 ///
@@ -26,72 +37,83 @@ pub fn recover(store: &Store, scheme: &Scheme, method: Method) -> anyhow::Result
     Ok(lineage::recover(&inputs, &options))
 }
 
-/// Recovers and stores the edges as the current lineage.
+/// The stored lineage as a [`Recovery`]: the current edges, and the families they imply over every stored model
+/// (singletons included), so it can be scored like a fresh solve.
+///
+/// # Errors
+/// When the store cannot be read.
+pub fn stored(store: &Store) -> anyhow::Result<Recovery> {
+    let ids: Vec<String> = store.models().context("cannot load models")?.into_iter().map(|m| m.record.id).collect();
+    let edges = from_records(&store.current_edges().context("cannot read edges")?);
+    Ok(Recovery { families: families(&ids, &edges), edges })
+}
+
+/// Connected components of `edges` over `ids` and the edges' endpoints; members sorted, families by first member.
+fn families(ids: &[String], edges: &[lineage::Edge]) -> Vec<Vec<String>> {
+    let mut names: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    names.extend(edges.iter().flat_map(|e| [e.parent.as_str(), e.child.as_str()]));
+    let number: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut sets = lineage::union_find::UnionFind::new(names.len());
+    for e in edges {
+        if let (Some(&p), Some(&c)) = (number.get(e.parent.as_str()), number.get(e.child.as_str())) {
+            sets.union(p, c);
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        groups.entry(sets.find(i)).or_default().push((*name).to_owned());
+    }
+    let mut families: Vec<Vec<String>> = groups.into_values().collect();
+    families.sort();
+    families
+}
+
+/// Re-solves lineage in batch unless the current edges were solved from exactly the indexed models, scheme and
+/// method there are now. Returns the number of edges when it solved.
 ///
 /// # Errors
 /// When the store cannot be read or written.
-pub fn recover_and_store(
+pub fn solve_if_needed(
     store: &mut Store,
     run: store::RunId,
     scheme: &Scheme,
     method: Method,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Option<usize>> {
+    let models = store.models().context("cannot list models")?;
+    let input = fingerprint_of(&models, scheme, method);
+    if store.get_checkpoint(SOLVED_INPUT).context("cannot read a checkpoint")?.as_deref() == Some(input.as_str()) {
+        return Ok(None);
+    }
     let recovery = recover(store, scheme, method)?;
     let edges: Vec<EdgeRecord> = recovery.edges.iter().map(to_record).collect();
     store.replace_edges(run, method_name(method), &edges).context("cannot store edges")?;
-    Ok(edges.len())
+    store.set_checkpoint(SOLVED_INPUT, &input).context("cannot write a checkpoint")?;
+    tracing::info!(edges = edges.len(), method = method_name(method), "lineage solved");
+    Ok(Some(edges.len()))
 }
 
-pub fn method_name(method: Method) -> &'static str {
-    match method {
-        Method::Default => "default",
-        Method::Mother => "mother",
+/// The fingerprint [`SOLVED_INPUT`] holds, of models already read.
+fn fingerprint_of(models: &[store::StoredModel], scheme: &Scheme, method: Method) -> String {
+    let mut models: Vec<(&str, &str, &str)> =
+        models.iter().map(|m| (m.record.id.as_str(), m.record.revision.as_str(), m.status.as_str())).collect();
+    models.sort_unstable();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(scheme.id().as_bytes());
+    hasher.update(method_name(method).as_bytes());
+    for (id, revision, status) in &models {
+        for part in [id, revision, status] {
+            hasher.update(part.as_bytes());
+            hasher.update(&[0]);
+        }
     }
-}
-
-pub fn to_record(e: &Edge) -> EdgeRecord {
-    EdgeRecord {
-        parent: e.parent.clone(),
-        child: e.child.clone(),
-        relation: e.relation.as_str().to_owned(),
-        confidence: e.confidence,
-        source: match e.source {
-            EdgeSource::Weights => store::EdgeSource::Weights,
-            EdgeSource::Metadata => store::EdgeSource::Metadata,
-            EdgeSource::Both => store::EdgeSource::Both,
-        },
-    }
-}
-
-/// Converts stored edges back; rows the current code cannot read are skipped with a warning.
-pub fn from_records(records: &[EdgeRecord]) -> Vec<Edge> {
-    records
-        .iter()
-        .filter_map(|r| {
-            let relation = Relation::parse(&r.relation);
-            let source = EdgeSource::parse(r.source.as_str());
-            if relation.is_none() || source.is_none() {
-                tracing::warn!(parent = %r.parent, child = %r.child, "unreadable stored edge skipped");
-            }
-            Some(Edge {
-                parent: r.parent.clone(),
-                child: r.child.clone(),
-                relation: relation?,
-                confidence: r.confidence,
-                source: source?,
-            })
-        })
-        .collect()
-}
-
-fn parse_time(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp())
+    hasher.finalize().to_hex().to_string()
 }
 
 /// Lineage kept current across runs: an in-memory [`lineage::Index`] synchronised with the store. Each
 /// [`Live::sync`] adds the models that are new or changed since the last one, removes the ones gone, and
 /// re-solves only the families those touched. Its edges equal a batch [`recover`] of the same store (the
 /// lineage crate's incremental == batch property).
+#[derive(Debug)]
 pub struct Live {
     index: lineage::Index<'static>,
     method: Method,
@@ -172,14 +194,14 @@ impl Live {
         let update = self.index.solve_touched();
         let families_resolved = update.families.len();
         let families = self.index.families().len();
-        let current = crate::commands::fingerprint_of(&models, &self.scheme, self.method);
-        let stored = store.get_checkpoint(crate::commands::SOLVED_INPUT).context("cannot read a checkpoint")?;
+        let current = fingerprint_of(&models, &self.scheme, self.method);
+        let stored = store.get_checkpoint(SOLVED_INPUT).context("cannot read a checkpoint")?;
         let edges = if added == 0 && gone.is_empty() && stored.as_deref() == Some(current.as_str()) {
             None
         } else {
             let edges: Vec<EdgeRecord> = self.index.edges().iter().map(to_record).collect();
             store.replace_edges(run, method_name(self.method), &edges).context("cannot store edges")?;
-            store.set_checkpoint(crate::commands::SOLVED_INPUT, &current).context("cannot write a checkpoint")?;
+            store.set_checkpoint(SOLVED_INPUT, &current).context("cannot write a checkpoint")?;
             Some(edges.len())
         };
         tracing::info!(
@@ -194,13 +216,23 @@ impl Live {
     }
 }
 
-/// The priors a model's stored card and configs give.
-fn prior(r: &store::ModelRecord) -> Prior {
-    Prior {
-        declared_bases: r.declared_base_models.clone(),
-        declared_relation: r.base_model_relation.as_deref().and_then(Relation::parse),
-        adapter_base: r.adapter_base.clone(),
-        created_at: r.created_at.as_deref().and_then(parse_time),
-        quantized: r.quantization.is_some(),
+#[cfg(test)]
+mod tests {
+    use lineage::{Edge, EdgeSource, Relation};
+
+    use super::*;
+
+    #[test]
+    fn families_of_stored_edges_include_singletons_and_unknown_endpoints() {
+        let edge = |p: &str, c: &str| Edge {
+            parent: p.into(),
+            child: c.into(),
+            relation: Relation::Finetune,
+            confidence: 0.5,
+            source: EdgeSource::Weights,
+        };
+        let ids: Vec<String> = ["d", "a", "b", "x"].iter().map(|s| s.to_string()).collect();
+        let got = families(&ids, &[edge("b", "d"), edge("a", "c"), edge("c", "b")]);
+        assert_eq!(got, [vec!["a", "b", "c", "d"], vec!["x"]]);
     }
 }

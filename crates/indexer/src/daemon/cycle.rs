@@ -12,7 +12,7 @@
 //!    whose info answers "not found" are marked `vanished`. A repo that still exists but left the filters is
 //!    left alone. Checking info rather than trusting absence costs one API call per missing repo and never
 //!    marks a repo vanished because of a truncated or filtered listing.
-//! 6. **Solve** lineage through [`resolve_lineage`] (the one seam for the incremental builder).
+//! 6. **Solve** lineage through [`Live::sync`], the incremental tree builder kept for the life of the process.
 //! 7. **Checkpoint**: only a run that finished everything moves the listing checkpoint, so a run stopped or
 //!    killed half-way is redone from the old one; already-indexed commits are then skipped, so nothing is lost
 //!    and nothing is signed twice into the store.
@@ -28,10 +28,8 @@ use store::{ModelStatus, RetryPolicy, RunId, Store};
 
 use super::status::Metrics;
 use crate::config::Config;
-use crate::crawl::{self, IndexOptions, Listed, RepoOutcome};
-
-/// The Hub serves at most 1,000 models per listing page.
-const PAGE_SIZE: u32 = 1000;
+use crate::crawl::{self, IndexOptions, Listed, PAGE_SIZE, RepoOutcome};
+use crate::solve::Live;
 
 /// What one run did (stored as the run's `stats_json`).
 #[derive(Clone, Debug, Default)]
@@ -50,6 +48,8 @@ pub struct CycleStats {
     pub edges: Option<usize>,
     pub families_resolved: usize,
     pub families: usize,
+    /// Repos that finished after a stop was requested (they were in flight and were drained).
+    pub drained: usize,
     pub stopped: bool,
     pub listing_checkpoint: Option<String>,
 }
@@ -62,22 +62,9 @@ impl CycleStats {
             "deferred": self.deferred, "retried": self.retried, "vanished": self.vanished,
             "bytes_fetched": self.bytes_fetched, "edges": self.edges, "families_resolved": self.families_resolved,
             "families": self.families,
-            "stopped": self.stopped, "listing_checkpoint": self.listing_checkpoint,
+            "drained": self.drained, "stopped": self.stopped, "listing_checkpoint": self.listing_checkpoint,
         })
     }
-}
-
-/// Brings lineage up to date after a run through the daemon's incremental tree builder: only the families the
-/// run's new, changed and vanished models touched are solved again.
-///
-/// # Errors
-/// When the store cannot be read or written.
-pub fn resolve_lineage(
-    store: &mut Store,
-    run: RunId,
-    live: &mut crate::solve::Live,
-) -> anyhow::Result<crate::solve::Synced> {
-    live.sync(store, run)
 }
 
 /// Checkpoint keys are scoped by endpoint and filters: changing either starts a fresh full listing.
@@ -93,7 +80,7 @@ fn scope(config: &Config) -> String {
 }
 
 /// What every run of a daemon process shares.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Env<'a> {
     pub client: &'a HubClient,
     pub config: &'a Config,
@@ -106,7 +93,7 @@ pub struct Env<'a> {
 /// When the listing fails after retries or the store fails; single repos fail into the store instead.
 pub async fn run(
     store: &mut Store,
-    live: &mut crate::solve::Live,
+    live: &mut Live,
     env: &Env<'_>,
     run: RunId,
     force_full: bool,
@@ -204,6 +191,7 @@ pub async fn run(
         concurrency: config.hub.concurrency,
         retry: policy,
         stop: Some(stop),
+        in_flight: Some(&metrics.models_in_flight),
         progress: false,
     };
     let indexed = crawl::index_listed(store, client, listed, &options, &mut |outcome| match outcome {
@@ -222,6 +210,7 @@ pub async fn run(
     stats.unchanged = indexed.unchanged;
     stats.failed += indexed.failed;
     stats.bytes_fetched = indexed.bytes_fetched;
+    stats.drained = indexed.drained;
     if indexed.stopped || stop.load(Ordering::SeqCst) {
         stats.stopped = true;
         return Ok(stats);
@@ -237,7 +226,7 @@ pub async fn run(
     }
 
     // 6. Lineage.
-    let solved = resolve_lineage(store, run, live)?;
+    let solved = live.sync(store, run)?;
     stats.edges = solved.edges;
     stats.families_resolved = solved.families_resolved;
     stats.families = solved.families;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub solves: AtomicU64,
     pub families_resolved: AtomicU64,
     pub models_in_store: AtomicI64,
+    /// Repos being signed right now.
+    pub models_in_flight: AtomicI64,
     /// Unix seconds of the last finished run, 0 before any.
     pub last_run_timestamp: AtomicI64,
     pub last_success_timestamp: AtomicI64,
@@ -146,6 +148,12 @@ impl Metrics {
             "gauge",
             "Models in the store (any status).",
             &[("", self.models_in_store.load(Ordering::Relaxed).to_string())],
+        );
+        family(
+            "modeltree_models_in_flight",
+            "gauge",
+            "Models being signed right now.",
+            &[("", self.models_in_flight.load(Ordering::Relaxed).to_string())],
         );
         family(
             "modeltree_last_run_timestamp_seconds",

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use lineage::{Edge, Relation};
 
 use super::{CLASSES, Graph, class_colour, relation_colour, truncate, xml_escape};
-use crate::audit::{Finding, Severity};
+use audit::{Finding, Severity};
 
 const TEMPLATE: &str = include_str!("report.html");
 
@@ -476,7 +476,7 @@ mod tests {
     use lineage::EdgeSource;
 
     use super::*;
-    use crate::{audit, export::Node};
+    use crate::export::Node;
 
     fn graph(ids: &[&str], edges: &[(&str, &str, Relation)]) -> Graph {
         let nodes = ids

@@ -1,38 +1,15 @@
-//! What the commands print: the forest as text, edges and scores as JSON, the score table, and atomic writes.
+//! What the commands print as text: the forest, a model's relatives, score tables, audit findings, crawl and
+//! scan summaries, the runs table. JSON shapes live in `indexer::export`, shared with the export formats.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    io::Write as _,
-    path::Path,
 };
 
-use anyhow::Context;
+use audit::{Finding, Severity};
+use indexer::crawl::CrawlStats;
+use indexer::human_bytes;
 use lineage::{Edge, eval::Score};
-
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
-pub fn edges_json(edges: &[Edge]) -> serde_json::Value {
-    let list: Vec<serde_json::Value> = edges
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "parent": e.parent, "child": e.child, "relation": e.relation.as_str(),
-                "confidence": (e.confidence * 1e4).round() / 1e4, "source": e.source.as_str(),
-            })
-        })
-        .collect();
-    serde_json::json!({ "edges": list })
-}
 
 /// The forest as an indented tree: every model with no parent starts a tree; a merge child appears under each
 /// of its parents. Models in no edge are listed together at the end.
@@ -119,44 +96,6 @@ pub fn relatives(model: &str, edges: &[Edge]) -> (Vec<Edge>, Vec<Edge>) {
     (walk(true), walk(false))
 }
 
-/// Writes to a temporary file beside `path`, syncs it and renames it into place, so a reader never sees half a file.
-pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut builder = tempfile::Builder::new();
-    // A temporary file is created private (0600); an export is an ordinary file that others may read (0644,
-    // less whatever the umask removes).
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(data).context("cannot write the export")?;
-    tmp.as_file().sync_all().context("cannot sync the export")?;
-    tmp.persist(path).with_context(|| format!("cannot rename into {}", path.display()))?;
-    Ok(())
-}
-
-pub fn score_json(label: &str, s: &Score) -> serde_json::Value {
-    let per: Vec<serde_json::Value> = s
-        .per_relation
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "relation": r.relation, "tp": r.tp, "fp": r.fp, "fn": r.fn_,
-                "precision": r.precision, "recall": r.recall, "f1": r.f1,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "method": label,
-        "edge_accuracy": s.edge_accuracy,
-        "typed": { "precision": s.precision, "recall": s.recall, "f1": s.f1 },
-        "ari": s.ari,
-        "truth_edges": s.counts.truth_edges,
-        "recovered_edges": s.counts.recovered_edges,
-        "placed": s.counts.placed,
-        "per_relation": per,
-    })
-}
-
 pub fn score_table(rows: &[(String, Score)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -186,12 +125,8 @@ pub fn score_table(rows: &[(String, Score)]) -> String {
     out
 }
 
-pub fn audit_score_json(a: &crate::audit::AuditScore) -> serde_json::Value {
-    serde_json::json!({ "license_conflicts": a.license.to_json(), "wrong_base_model": a.declared.to_json() })
-}
-
 /// Audit precision / recall per method: license conflicts and wrong `base_model` declarations, per model.
-pub fn audit_score_table(rows: &[(String, crate::audit::AuditScore)]) -> String {
+pub fn audit_score_table(rows: &[(String, audit::AuditScore)]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\naudit (per model):");
     let _ =
@@ -208,6 +143,92 @@ pub fn audit_score_table(rows: &[(String, crate::audit::AuditScore)]) -> String 
     out
 }
 
+/// Findings as text, grouped by severity, most severe first, with a closing count.
+pub fn findings(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for severity in [Severity::Error, Severity::Warning, Severity::Info] {
+        let group: Vec<&Finding> = findings.iter().filter(|f| f.severity == severity).collect();
+        if group.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{} ({})", severity.as_str(), group.len());
+        for f in group {
+            let _ = writeln!(out, "  {}  {}", f.kind.as_str(), f.edge_label());
+            let mut evidence = Vec::new();
+            if let Some(r) = f.relation {
+                evidence.push(r.as_str().to_owned());
+            }
+            if let Some(s) = f.source {
+                evidence.push(s.as_str().to_owned());
+            }
+            if let Some(c) = f.confidence {
+                evidence.push(format!("confidence {c:.2}"));
+            }
+            if let Some(p) = &f.parent_license {
+                evidence.push(format!("parent {}", p.describe()));
+            }
+            evidence.push(format!("child {}", f.child_license.describe()));
+            if !f.declared_bases.is_empty() {
+                evidence.push(format!("declared {}", f.declared_bases.join(", ")));
+            }
+            let _ = writeln!(out, "    {}", f.message);
+            let _ = writeln!(out, "    [{}]", evidence.join("; "));
+        }
+    }
+    let count = |s| findings.iter().filter(|f| f.severity == s).count();
+    let _ = writeln!(
+        out,
+        "{} findings: {} error, {} warning, {} info",
+        findings.len(),
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Info)
+    );
+    out
+}
+
+/// What a crawl did, in three lines.
+pub fn crawl_summary(stats: &CrawlStats) -> String {
+    let (r, i) = (&stats.requests, &stats.indexed);
+    format!(
+        "models: {} listed, {} new, {} changed, {} unchanged, {} failed\n\
+         bytes: {} fetched of {} in the checkpoints signed ({:.2}%)\n\
+         requests: {} api, {} resolvers, {} cdn; {} retries, {} rate-limited, {:.1} s waiting for budget",
+        stats.listed,
+        i.new,
+        i.changed,
+        i.unchanged,
+        i.failed,
+        human_bytes(i.bytes_fetched),
+        human_bytes(i.checkpoint_bytes),
+        if i.checkpoint_bytes == 0 { 0.0 } else { 100.0 * i.bytes_fetched as f64 / i.checkpoint_bytes as f64 },
+        r.api_requests,
+        r.resolver_requests,
+        r.cdn_requests,
+        r.retries,
+        r.rate_limited,
+        r.waited.as_secs_f64(),
+    )
+}
+
+/// The runs table, oldest first.
+pub fn runs_table(runs: &[store::RunRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>5}  {:<7}  {:<11}  {:<24}  {:<24}", "id", "kind", "status", "started", "finished");
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<7}  {:<11}  {:<24}  {:<24}",
+            r.id.0,
+            r.kind.as_str(),
+            r.status.as_str(),
+            r.started_at,
+            r.finished_at.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use lineage::{EdgeSource, Relation};
@@ -216,22 +237,6 @@ mod tests {
 
     fn edge(p: &str, c: &str, relation: Relation) -> Edge {
         Edge { parent: p.into(), child: c.into(), relation, confidence: 0.5, source: EdgeSource::Weights }
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn exports_are_readable_like_any_file_the_user_creates() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
-        // What the umask leaves of 0666 for a plain file, without the write bits for others.
-        let plain = dir.path().join("plain");
-        std::fs::File::create(&plain).expect("create");
-        let export = dir.path().join("export.json");
-        write_atomically(&export, b"{}").expect("write");
-        write_atomically(&export, b"{\"again\": true}").expect("replace");
-        assert_eq!(std::fs::read(&export).expect("read"), b"{\"again\": true}");
-        assert_eq!(mode(&export), mode(&plain) & 0o644);
     }
 
     #[test]
@@ -267,5 +272,22 @@ mod tests {
         let edges = vec![edge("a", "b", Relation::Finetune), edge("b", "a", Relation::Finetune)];
         let text = forest(&ids, &edges);
         assert!(text.contains("2 models, 2 edges"), "{text}");
+    }
+
+    #[test]
+    fn findings_are_grouped_by_severity_with_a_count() {
+        let models: Vec<audit::Model> = [("nc/base", "cc-by-nc-4.0"), ("a/ft", "apache-2.0")]
+            .iter()
+            .map(|(id, license)| audit::Model {
+                id: (*id).into(),
+                license: Some((*license).into()),
+                signed: true,
+                ..audit::Model::default()
+            })
+            .collect();
+        let found = audit::audit(&models, &[edge("nc/base", "a/ft", Relation::Finetune)]);
+        let text = findings(&found);
+        assert!(text.starts_with("error (1)\n  license-noncommercial-dropped  nc/base → a/ft\n"), "{text}");
+        assert!(text.ends_with("2 findings: 1 error, 0 warning, 1 info\n"), "{text}");
     }
 }
