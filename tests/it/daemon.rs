@@ -278,7 +278,8 @@ fn crash_test(kills: usize) -> CrashFigures {
             copy_tree(&zoo().join(source), &root.join(format!("late-arrivals/{name}-{kill}")));
         }
         let mut cmd = modeltree(&db, home);
-        cmd.env("MODELTREE_LOG", "modeltree=info")
+        // The daemon logs "run started" from the indexer library.
+        cmd.env("MODELTREE_LOG", "indexer=info")
             .args(["daemon", "--run-now", "--schedule", "* * * * * *", "--endpoint", &url, "--overlap", "0s"])
             .args(["--concurrency", "2", "--full-listing-every", "3"])
             .stdout(Stdio::null())
