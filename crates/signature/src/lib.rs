@@ -43,6 +43,7 @@ pub mod header;
 pub mod index;
 mod json;
 pub mod layout;
+pub mod mmap;
 pub mod model;
 pub mod moments;
 pub mod packed;
@@ -72,5 +73,5 @@ pub use packed::{
     packed_signature,
 };
 pub use plan::{Job, PlanError, TensorRef, plan};
-pub use reader::{FileUsed, ModelDir, SignError, sign_files, sign_model_dir};
-pub use source::{ByteSource, LocalSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};
+pub use reader::{FileUsed, ModelDir, SignError, sign_files, sign_immutable_dir, sign_model_dir};
+pub use source::{ByteSource, LocalSource, MappedSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};

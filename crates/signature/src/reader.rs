@@ -18,7 +18,8 @@ use crate::checkpoint::{Checkpoint, HeaderStep, Layout, ModelError, Need, read_h
 use crate::file::LocalFile;
 use crate::header::{Header, MAX_HEADER_LEN};
 use crate::model::{ModelSignature, Scheme};
-use crate::source::{LocalSource, ReadLimits, RunError, SignOptions};
+use crate::mmap::MappedFile;
+use crate::source::{LocalSource, MappedSource, ReadLimits, RunError, SignOptions};
 
 /// Most bytes of tensor data read at once per task. Small enough that a window copied from the page cache is
 /// still in the core's cache when the accumulator reads it (with 8 MiB windows, as when files were mapped,
@@ -89,8 +90,18 @@ impl From<ModelError> for Failed {
     }
 }
 
+/// How the tensor data of local files is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Positioned reads into pooled buffers: for files anyone may change or truncate while they are signed.
+    Read,
+    /// Memory maps (`memmap2`, [`crate::mmap`]): only for files that never change underneath, such as a Hugging
+    /// Face cache snapshot, whose blobs are content-addressed and renamed into place whole.
+    Map,
+}
+
 /// Drives `checkpoint` over local files; `path` turns a name the checkpoint uses into a path.
-fn sign(mut checkpoint: Checkpoint, path: &dyn Fn(&str) -> PathBuf) -> Result<ModelDir, Failed> {
+fn sign(mut checkpoint: Checkpoint, path: &dyn Fn(&str) -> PathBuf, access: Access) -> Result<ModelDir, Failed> {
     while let Need::File { name, cap } = checkpoint.need() {
         let bytes = read_small(&path(&name), cap).map_err(Failed::Io)?;
         checkpoint.give_file(&bytes)?;
@@ -109,14 +120,31 @@ fn sign(mut checkpoint: Checkpoint, path: &dyn Fn(&str) -> PathBuf) -> Result<Mo
     }
     let refs: Vec<&Header> = headers.iter().collect();
     let planned = checkpoint.plan(&refs, LOCAL_LIMITS)?;
-    let signature = planned.plan.run_parallel(&LocalSource::new(&opened)).map_err(|e| match e {
+    let run_err = |e: RunError<io::Error>| match e {
         RunError::Model(e) => Failed::Model(e),
         RunError::Read { read, source } => Failed::Io(SignError::read(&paths[read.file], &opened[read.file], source)),
         RunError::WrongLength { read, got } => Failed::Io(SignError::Read {
             path: paths[read.file].clone(),
             source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("read {got} of {} bytes", read.len())),
         }),
-    })?;
+    };
+    let signature = match access {
+        Access::Read => planned.plan.run_parallel(&LocalSource::new(&opened)).map_err(run_err)?,
+        Access::Map => {
+            let mut mapped = Vec::with_capacity(paths.len());
+            for (path, file) in paths.iter().zip(&opened) {
+                let map = MappedFile::open(path)
+                    .map_err(|source| Failed::Io(SignError::Read { path: path.clone(), source }))?;
+                // The plan's ranges were checked against the length read for the header; a different length
+                // now means the file was replaced in between, which a mapping must never see.
+                if map.len() != file.len() {
+                    return Err(Failed::Io(SignError::Truncated { path: path.clone(), len: file.len() }));
+                }
+                mapped.push(map);
+            }
+            planned.plan.run_parallel(&MappedSource::new(&mapped)).map_err(run_err)?
+        }
+    };
     let mut files: Vec<FileUsed> =
         paths.into_iter().zip(&opened).map(|(path, file)| FileUsed { path, len: file.len() }).collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -150,7 +178,7 @@ pub fn sign_files(paths: &[PathBuf], scheme: &Scheme, opts: &SignOptions) -> Res
     let checkpoint = Checkpoint::of_files(names.clone(), scheme, opts)?;
     let path =
         |name: &str| names.iter().position(|n| n == name).map_or_else(|| PathBuf::from(name), |i| paths[i].clone());
-    match sign(checkpoint, &path) {
+    match sign(checkpoint, &path, Access::Read) {
         Ok(signed) => Ok(signed.signature),
         Err(Failed::Model(e)) => Err(SignError::Model(e)),
         Err(Failed::Io(e)) => Err(e),
@@ -165,9 +193,24 @@ pub fn sign_files(paths: &[PathBuf], scheme: &Scheme, opts: &SignOptions) -> Res
 /// [`SignError::ListDir`], [`SignError::Read`] and [`SignError::Truncated`] for IO, [`SignError::InDir`] for
 /// everything the engine refuses.
 pub fn sign_model_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result<ModelDir, SignError> {
+    sign_dir(dir, scheme, opts, Access::Read)
+}
+
+/// As [`sign_model_dir`], for a directory whose files never change while they are signed — a Hugging Face cache
+/// snapshot written by `crawl --full` (blobs are content-addressed and renamed into place whole) — by mapping
+/// the weights instead of reading them. The signature is the same bit for bit.
+///
+/// # Errors
+/// As [`sign_model_dir`]; a file whose length changed between reading its header and mapping it is
+/// [`SignError::Truncated`].
+pub fn sign_immutable_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions) -> Result<ModelDir, SignError> {
+    sign_dir(dir, scheme, opts, Access::Map)
+}
+
+fn sign_dir(dir: &Path, scheme: &Scheme, opts: &SignOptions, access: Access) -> Result<ModelDir, SignError> {
     let in_dir = |source| SignError::InDir { dir: dir.to_owned(), source };
     let checkpoint = Checkpoint::new(&list_files(dir)?, scheme, opts).map_err(in_dir)?;
-    sign(checkpoint, &|name| dir.join(name)).map_err(|e| match e {
+    sign(checkpoint, &|name| dir.join(name), access).map_err(|e| match e {
         Failed::Model(e) => in_dir(e),
         Failed::Io(e) => e,
     })
@@ -285,6 +328,28 @@ mod tests {
             sign_files(&[whole_path(&dir)], &bad_scheme, &opts),
             Err(SignError::Model(ModelError::Scheme(_)))
         ));
+    }
+
+    #[test]
+    fn mapped_signing_equals_read_signing_on_every_zoo_model() {
+        // Every model of the bundled zoo (single files, shards with an index, PEFT adapters, quantized and packed
+        // children), signed through memory maps and through positioned reads, at a full and a partial scheme.
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/zoo-small");
+        let mut dirs = Vec::new();
+        for org in std::fs::read_dir(&zoo).expect("zoo") {
+            let org = org.expect("entry").path();
+            if org.is_dir() {
+                dirs.extend(std::fs::read_dir(&org).expect("org").map(|r| r.expect("entry").path()));
+            }
+        }
+        assert!(dirs.len() >= 20, "the zoo has its models");
+        for scheme in [Scheme::default(), Scheme { row_fraction: 0.02, ..Scheme::default() }] {
+            for dir in &dirs {
+                let read = sign_model_dir(dir, &scheme, &SignOptions::default()).expect("read");
+                let mapped = sign_immutable_dir(dir, &scheme, &SignOptions::default()).expect("mapped");
+                assert_eq!(read, mapped, "{}", dir.display());
+            }
+        }
     }
 
     fn whole_path(dir: &tempfile::TempDir) -> PathBuf {

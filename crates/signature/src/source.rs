@@ -36,6 +36,7 @@ use crate::checkpoint::ModelError;
 use crate::file::{Buffer, Buffers, LocalFile};
 use crate::header::{Header, TensorInfo};
 use crate::layout::{RowLayout, selected_row_blocks};
+use crate::mmap::{MappedFile, Window};
 use crate::model::{ModelSignature, Scheme, TensorSignature};
 use crate::packed::{GptqFormat, PackedLayout, PackedTensors, packed_signature};
 use crate::plan::{self, PlanError, TensorRef};
@@ -648,6 +649,32 @@ impl RandomAccess for LocalSource<'_> {
             .get(read.file)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read names a file the source does not have"))?;
         file.read_pooled(read.range.start, read.len(), &self.buffers)
+    }
+}
+
+/// Memory-mapped local files whose bytes never change while they are signed (a Hugging Face cache snapshot:
+/// content-addressed blobs renamed into place whole); each read maps one window and unmaps it when consumed.
+#[derive(Debug)]
+pub struct MappedSource<'a> {
+    files: &'a [MappedFile],
+}
+
+impl<'a> MappedSource<'a> {
+    pub fn new(files: &'a [MappedFile]) -> MappedSource<'a> {
+        MappedSource { files }
+    }
+}
+
+impl RandomAccess for MappedSource<'_> {
+    type Buf = Window;
+    type Error = io::Error;
+
+    fn read_at(&self, read: &Read) -> io::Result<Window> {
+        let file = self
+            .files
+            .get(read.file)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read names a file the source does not have"))?;
+        file.window(read.range.start, read.len(), false)
     }
 }
 
