@@ -426,7 +426,9 @@ async fn sign_full(
     }
     let dir = dir.context("the repo has no safetensors files")?;
     let scheme = *scheme;
-    let signed = tokio::task::spawn_blocking(move || signature::sign_model_dir(&dir, &scheme, &sign))
+    // A cache snapshot never changes underneath (blobs are content-addressed and renamed into place whole), so
+    // its weights are mapped rather than read.
+    let signed = tokio::task::spawn_blocking(move || signature::sign_immutable_dir(&dir, &scheme, &sign))
         .await
         .context("the signing task failed")?
         .context("cannot sign")?;

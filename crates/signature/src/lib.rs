@@ -74,4 +74,6 @@ pub use packed::{
 };
 pub use plan::{Job, PlanError, TensorRef, plan};
 pub use reader::{FileUsed, ModelDir, SignError, sign_files, sign_immutable_dir, sign_model_dir};
-pub use source::{ByteSource, LocalSource, MappedSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan};
+pub use source::{
+    ByteSource, LocalSource, MappedSource, RandomAccess, Read, ReadLimits, RunError, SignOptions, SignPlan,
+};

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::{Checkpoint, HeaderStep, Layout, ModelError, Need, read_header};
 use crate::file::LocalFile;
 use crate::header::{Header, MAX_HEADER_LEN};
-use crate::model::{ModelSignature, Scheme};
 use crate::mmap::MappedFile;
+use crate::model::{ModelSignature, Scheme};
 use crate::source::{LocalSource, MappedSource, ReadLimits, RunError, SignOptions};
 
 /// Most bytes of tensor data read at once per task. Small enough that a window copied from the page cache is
