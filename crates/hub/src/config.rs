@@ -1,5 +1,10 @@
 //! How to reach the Hub: endpoint, credentials, rate-limit tier, timeouts and retry policy.
 //!
+//! [`HubSettings`] are the plain values of the application's `[hub]` table (what a config file, the
+//! environment and flags set); [`HubConfig::from_settings`] reads the token they name and fills in the rest of
+//! [`HubConfig`], and [`crate::HubClient::from_settings`] is the one constructor the application calls, so
+//! every command builds its client from the same settings.
+//!
 //! [`Token`] holds a user access token. It never prints itself ([`std::fmt::Debug`] and
 //! [`std::fmt::Display`] are redacted), is sent only as `Authorization: Bearer` to the endpoint's own origin,
 //! and is read by [`Token::from_env`] the way `huggingface_hub` reads it.
@@ -143,6 +148,36 @@ impl Tier {
     }
 }
 
+/// The application's `[hub]` settings that shape the client. Every field is one setting of the table (or, for
+/// `allow_non_loopback_redirects`, of the run: tests and the demo keep everything on loopback).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubSettings {
+    /// Base URL of the Hub.
+    pub endpoint: String,
+    /// Where the token is read from: `None` means `HF_TOKEN`, then the Hugging Face token file locations
+    /// ([`Token::from_env`]).
+    pub token_file: Option<PathBuf>,
+    pub tier: Tier,
+    /// HTTP requests in flight at once ([`HubConfig::concurrency`]).
+    pub requests_in_flight: usize,
+    /// See [`HubConfig::allow_non_loopback_redirects`]; production needs it.
+    pub allow_non_loopback_redirects: bool,
+}
+
+impl HubSettings {
+    /// The settings' defaults for `endpoint`: token from the environment, anonymous tier, 8 requests in flight,
+    /// redirects to other hosts allowed (the CDN is another host).
+    pub fn new(endpoint: impl Into<String>) -> HubSettings {
+        HubSettings {
+            endpoint: endpoint.into(),
+            token_file: None,
+            tier: Tier::Anonymous,
+            requests_in_flight: 8,
+            allow_non_loopback_redirects: true,
+        }
+    }
+}
+
 /// Everything [`crate::HubClient::new`] needs.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -203,6 +238,27 @@ impl HubConfig {
     }
 }
 
+impl HubConfig {
+    /// The configuration for `settings`: the token read from `settings.token_file` (or found as
+    /// [`Token::from_env`] finds it when none is named), everything else at the defaults of [`HubConfig::new`].
+    ///
+    /// # Errors
+    /// [`TokenError`] when the token file cannot be read or holds an invalid token.
+    pub fn from_settings(settings: &HubSettings) -> Result<HubConfig, TokenError> {
+        let token = match &settings.token_file {
+            Some(path) => read_token_file(path)?,
+            None => Token::from_env()?,
+        };
+        Ok(HubConfig {
+            token,
+            tier: settings.tier,
+            concurrency: settings.requests_in_flight,
+            allow_non_loopback_redirects: settings.allow_non_loopback_redirects,
+            ..HubConfig::new(settings.endpoint.clone())
+        })
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> HubConfig {
         HubConfig::new("https://huggingface.co")
@@ -256,6 +312,30 @@ mod tests {
         check(&[], None);
         let empty = file("empty", "\n");
         check(&[("HF_TOKEN_PATH", &empty)], None);
+    }
+
+    #[test]
+    fn settings_carry_into_the_client_config() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "hf_from_settings\n").expect("write");
+        let settings = HubSettings {
+            endpoint: "http://127.0.0.1:1".into(),
+            token_file: Some(token_file),
+            tier: Tier::Pro,
+            requests_in_flight: 3,
+            allow_non_loopback_redirects: false,
+        };
+        let config = HubConfig::from_settings(&settings).expect("config");
+        assert_eq!(config.endpoint, settings.endpoint);
+        assert_eq!(config.token.as_ref().map(Token::secret), Some("hf_from_settings"));
+        assert_eq!((config.tier, config.concurrency, config.allow_non_loopback_redirects), (Tier::Pro, 3, false));
+        // A named file that does not exist means no token, as for the Hugging Face locations.
+        let missing = HubSettings { token_file: Some(dir.path().join("absent")), ..settings.clone() };
+        assert_eq!(HubConfig::from_settings(&missing).expect("config").token, None);
+        std::fs::write(dir.path().join("bad"), "a b").expect("write");
+        let bad = HubSettings { token_file: Some(dir.path().join("bad")), ..settings };
+        assert!(matches!(HubConfig::from_settings(&bad), Err(TokenError::BadCharacters)));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub enum HubError {
     BadEndpoint { endpoint: String, reason: &'static str },
     #[error("invalid configuration: {reason}")]
     BadConfig { reason: &'static str },
+    #[error("cannot read the hugging face token: {0}")]
+    Token(#[source] crate::config::TokenError),
     #[error("cannot build the http client: {0}")]
     Client(#[source] reqwest::Error),
     #[error("invalid repository id {id:?}")]
@@ -80,6 +82,14 @@ pub enum HubError {
     SizeMismatch { url: String, expected: u64, found: u64 },
     #[error("{url}: content digest {found} differs from the expected {expected}")]
     DigestMismatch { url: String, expected: String, found: String },
+    #[error("{url}: download by hf-hub failed: {source}")]
+    Download {
+        url: String,
+        #[source]
+        source: Box<hf_hub::HFError>,
+    },
+    #[error("{url}: download did not finish within {seconds} s")]
+    DownloadTimeout { url: String, seconds: u64 },
     #[error("{url}: refused redirect to {location}: {reason}")]
     BadRedirect { url: String, location: String, reason: &'static str },
     #[error("{url}: more than {limit} redirects")]

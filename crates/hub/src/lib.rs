@@ -33,7 +33,7 @@ pub mod remote;
 pub use api::{CardData, Gated, Lfs, ListQuery, ModelConfig, ModelSummary, RepoInfo, Sibling};
 pub use cache::{HfCache, cache_dir_from_env, download_to_cache};
 pub use client::{HubClient, Kind, MAX_RANGE_LEN, MAX_REDIRECTS, Resolved, Stats};
-pub use config::{HubConfig, Tier, Token, TokenError};
+pub use config::{HubConfig, HubSettings, Tier, Token, TokenError};
 pub use error::HubError;
 pub use ids::{Commit, RepoId, Revision, check_file_name};
 pub use limiter::{Bucket, RateLimiter};

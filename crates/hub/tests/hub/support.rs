@@ -242,6 +242,8 @@ pub fn sha256(bytes: &[u8]) -> String {
 pub struct ZooFile {
     pub bytes: Arc<Vec<u8>>,
     pub sha256: String,
+    /// The git blob id (`sha1("blob {len}\0" + bytes)`), the `ETag` of a file stored in git.
+    pub git_oid: String,
     pub lfs: bool,
 }
 
@@ -279,7 +281,15 @@ impl Zoo {
                     let name = f.file_name().to_string_lossy().into_owned();
                     let digest = sha256(&bytes);
                     by_sha.insert(digest.clone(), Arc::clone(&bytes));
-                    files.insert(name.clone(), ZooFile { lfs: name.ends_with(".safetensors"), sha256: digest, bytes });
+                    let git_oid = {
+                        use sha1::Digest as _;
+                        let mut h = sha1::Sha1::new();
+                        h.update(format!("blob {}\0", bytes.len()).as_bytes());
+                        h.update(bytes.as_slice());
+                        hex(&h.finalize())
+                    };
+                    let lfs = name.ends_with(".safetensors");
+                    files.insert(name.clone(), ZooFile { lfs, sha256: digest, git_oid, bytes });
                 }
                 let sha = sha256(id.as_bytes())[..40].to_owned();
                 repos.insert(id.clone(), ZooRepo { id, sha, files });
@@ -317,7 +327,7 @@ impl Zoo {
             .files
             .iter()
             .map(|(name, f)| {
-                let mut s = serde_json::json!({"rfilename": name, "size": f.bytes.len(), "blobId": &f.sha256[..40]});
+                let mut s = serde_json::json!({"rfilename": name, "size": f.bytes.len(), "blobId": &f.git_oid});
                 if f.lfs {
                     s["lfs"] = serde_json::json!({"sha256": f.sha256, "size": f.bytes.len(), "pointerSize": 134});
                 }
@@ -366,12 +376,12 @@ impl Zoo {
                         .header(commit.0, commit.1)
                         .header("x-linked-size", f.bytes.len().to_string())
                         .header("x-linked-etag", format!("\"{}\"", f.sha256))
-                        .header("etag", format!("\"{}\"", &f.sha256[..40]))
+                        .header("etag", format!("\"{}\"", f.git_oid))
                         .body("Found.")
                 } else {
                     Reply::new(200)
                         .header(commit.0, commit.1)
-                        .header("etag", format!("\"{}\"", &f.sha256[..40]))
+                        .header("etag", format!("\"{}\"", f.git_oid))
                         .body(f.bytes.to_vec())
                 }
             }
