@@ -155,7 +155,8 @@ impl HfCache {
             if let HubError::Download { source, .. } = &error
                 && let hf_hub::HFError::RateLimited { retry_after: Some(wait), .. } = source.as_ref()
             {
-                client.pause_resolvers((*wait).min(client.config().max_wait));
+                // As for an `r=0` our own requests see: no request on the bucket before the reset plus a second.
+                client.pause_resolvers((*wait + std::time::Duration::from_secs(1)).min(client.config().max_wait));
             }
             if !retriable(&error) || attempt >= client.config().max_retries {
                 return Err(error);
@@ -196,7 +197,7 @@ impl HfCache {
         let path = tokio::time::timeout(deadline, send)
             .await
             .map_err(|_| HubError::DownloadTimeout { url: url.clone(), seconds: deadline.as_secs() })?
-            .map_err(|e| HubError::Download { url: url.clone(), source: Box::new(e) })?;
+            .map_err(|e| HubError::Download { url: url.clone(), source: Box::new(scrubbed(e)) })?;
         if path != snapshot {
             // `hf-hub` files the snapshot under the commit its HEAD was answered from.
             let found = path
@@ -282,6 +283,17 @@ async fn discard(snapshot: &Path, blob: &Path, check: &Check) {
     let mut partial = blob.as_os_str().to_owned();
     partial.push(".incomplete");
     let _ = tokio::fs::remove_file(PathBuf::from(partial)).await;
+}
+
+/// `hf-hub`'s error with its URLs shown without their query: a signed CDN URL carries a credential there.
+fn scrubbed(e: hf_hub::HFError) -> hf_hub::HFError {
+    match e {
+        hf_hub::HFError::Request { source, url } => hf_hub::HFError::Request {
+            source: source.without_url(),
+            url: url.map(|u| u.split(['?', '#']).next().unwrap_or_default().to_owned()),
+        },
+        other => other,
+    }
 }
 
 /// Whether another attempt may succeed: `hf-hub` failures other than access answers, timeouts, and content
