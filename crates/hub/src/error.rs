@@ -82,14 +82,6 @@ pub enum HubError {
     SizeMismatch { url: String, expected: u64, found: u64 },
     #[error("{url}: content digest {found} differs from the expected {expected}")]
     DigestMismatch { url: String, expected: String, found: String },
-    #[error("{url}: download by hf-hub failed: {source}")]
-    Download {
-        url: String,
-        #[source]
-        source: Box<hf_hub::HFError>,
-    },
-    #[error("{url}: download did not finish within {seconds} s")]
-    DownloadTimeout { url: String, seconds: u64 },
     #[error("{url}: refused redirect to {location}: {reason}")]
     BadRedirect { url: String, location: String, reason: &'static str },
     #[error("{url}: more than {limit} redirects")]

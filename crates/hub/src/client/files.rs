@@ -1,18 +1,18 @@
-//! Bodies read whole: JSON documents from the API ([`HubClient::get_json`]) and small files through their
-//! resolve URL ([`HubClient::get_small_file`]), both through the one redirect routine, so a file read at a
-//! pinned commit refuses an answer from another commit on every hop. And the admission of whole-file
-//! downloads, which `hf-hub` sends for [`crate::cache`]: their budget, counts and `reqwest` client.
+//! Bodies read whole and whole-file streams: JSON documents from the API ([`HubClient::get_json`]), small files
+//! through their resolve URL ([`HubClient::get_small_file`]), and the response a whole-file download streams
+//! from (`open_download`, for [`crate::cache`]). All three go through the one redirect routine, so a file read
+//! at a pinned commit refuses an answer from another commit on every hop.
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Response, Url};
 
 use super::execute::{BodyLimit, Call};
+use super::range::parse_content_range;
 use super::redirect::{Route, Step};
-use super::{HubClient, Kind, Resolved, Tally, header_str};
+use super::{HubClient, Kind, Resolved, Tally, clean_message, header_str};
 use crate::error::{HubError, shown};
 use crate::ids::{Commit, RepoId, check_file_name};
-use crate::limiter::Bucket;
 
 impl HubClient {
     /// `GET` of a JSON document on the API, with the response headers.
@@ -99,41 +99,47 @@ impl HubClient {
         .await
     }
 
-    /// The `reqwest` client whole-file downloads go through: `hf-hub` sends its `GET`s with it, and its
-    /// redirect policy vets every hop by the rules of [`HubClient::check_redirect`].
-    pub(crate) fn download_http(&self) -> &reqwest::Client {
-        &self.inner.downloads
-    }
-
-    /// Admits one whole-file download that `hf-hub` will send: takes the `resolvers` budget for its two
-    /// requests to the resolve URL (a `HEAD`, then the `GET` the resolver redirects to the CDN) and counts them,
-    /// with the CDN request when the file has a location, and holds a slot of the concurrency limit for the
-    /// whole transfer.
-    ///
-    /// # Errors
-    /// [`HubError::Pipeline`] when the client is shutting down.
-    pub(crate) async fn admit_download(
+    /// A response streaming the whole file from byte `offset` (a `Range: bytes=offset-` request when `offset`
+    /// is not 0), and the offset its body really starts at (0 when the server ignored the range).
+    pub(crate) async fn open_download(
         &self,
         file: &Resolved,
+        offset: u64,
         tally: Tally<'_>,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, HubError> {
-        for _ in 0..2 {
-            tally.waited(self.inner.limiter.acquire(Bucket::Resolvers).await);
-            tally.request(Kind::Resolver);
-        }
-        if file.location.is_some() {
-            tally.request(Kind::Cdn);
-        }
-        self.inner.permits.acquire().await.map_err(|_| HubError::Pipeline { reason: "closed" })
+    ) -> Result<(Response, u64), HubError> {
+        let (url, kind) = file.start();
+        let route = Route { pinned: Some(&file.commit), endpoint_only: false };
+        let range = (offset > 0).then_some((offset, None));
+        let expect = file.size - offset.min(file.size);
+        let call = |url, kind| Call { method: Method::GET, url, kind, range, expect };
+        self.follow(url, kind, route, tally, call, async |resp: Response, _| {
+            let status = resp.status().as_u16();
+            let at = resp.url().clone();
+            match status {
+                200 => Ok(Step::Done((resp, 0))),
+                206 => {
+                    let value = header_str(resp.headers(), "content-range");
+                    let expected = Some((offset, file.size.saturating_sub(1), Some(file.size)));
+                    if value.and_then(parse_content_range) != expected {
+                        return Err(HubError::BadContentRange {
+                            url: shown(&at),
+                            status,
+                            start: offset,
+                            end: file.size.saturating_sub(1),
+                            content_range: value.map(clean_message),
+                        });
+                    }
+                    Ok(Step::Done((resp, offset)))
+                }
+                300..=399 => Ok(Step::Follow),
+                _ => Err(HubError::UnexpectedStatus { url: shown(&at), status }),
+            }
+        })
+        .await
     }
 
-    /// Counts the `n` body bytes of a file `hf-hub` downloaded.
+    /// Counts `n` body bytes of a download read outside the body readers.
     pub(crate) fn count_download(&self, file: &Resolved, n: u64, tally: Tally<'_>) {
-        tally.bytes(if file.location.is_some() { Kind::Cdn } else { Kind::Resolver }, n);
-    }
-
-    /// Keeps the `resolvers` bucket closed for `wait`: a `Retry-After` that reached us through `hf-hub`.
-    pub(crate) fn pause_resolvers(&self, wait: std::time::Duration) {
-        self.inner.limiter.block(Bucket::Resolvers, tokio::time::Instant::now() + wait);
+        tally.bytes(file.start().1, n);
     }
 }

@@ -11,8 +11,7 @@
 //!   `X-Repo-Commit` checked against the pinned commit; the token goes only to the endpoint's own origin.
 //! - `range`: resolving a file at a pinned commit ([`HubClient::resolve`], a `HEAD`) and ranged reads of it
 //!   ([`HubClient::read_range`]).
-//! - `files`: bodies read whole (JSON documents, small files), and the admission of a whole-file download
-//!   that `hf-hub` performs (budget, counts, the `reqwest` client it uses).
+//! - `files`: bodies read whole (JSON documents, small files) and whole-file download streams.
 //! - `stats`: the request and byte counters ([`Stats`]).
 
 use std::sync::Arc;
@@ -82,9 +81,6 @@ pub struct HubClient {
 
 struct Inner {
     http: reqwest::Client,
-    /// The client `hf-hub` downloads whole files with (see [`crate::cache`]): the same timeouts and user agent,
-    /// and redirects followed by `reqwest` under [`redirect::RedirectRules::policy`].
-    downloads: reqwest::Client,
     endpoint: Url,
     config: HubConfig,
     limiter: RateLimiter,
@@ -134,21 +130,18 @@ impl HubClient {
         if config.window.is_zero() {
             return Err(HubError::BadConfig { reason: "rate-limit window must not be zero" });
         }
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(config.connect_timeout)
-                .read_timeout(config.read_timeout)
-                .user_agent(config.user_agent.clone())
-                .no_proxy()
-        };
-        let http = builder().redirect(reqwest::redirect::Policy::none()).build().map_err(HubError::Client)?;
-        let rules = redirect::RedirectRules::new(&endpoint, config.allow_non_loopback_redirects);
-        let downloads = builder().redirect(rules.policy()).build().map_err(HubError::Client)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .user_agent(config.user_agent.clone())
+            .no_proxy()
+            .build()
+            .map_err(HubError::Client)?;
         let (api, resolvers) = config.tier.budgets();
         Ok(HubClient {
             inner: Arc::new(Inner {
                 http,
-                downloads,
                 limiter: RateLimiter::new(config.window, api, resolvers),
                 permits: Semaphore::new(config.concurrency),
                 stats: Counters::default(),

@@ -78,7 +78,7 @@ fn clean_etag(value: &str) -> String {
 }
 
 /// Parses `Content-Range: bytes a-b/total` into `(a, b, total)`; `total` is `None` for `*`.
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (span, total) = rest.split_once('/')?;
     let (a, b) = span.split_once('-')?;

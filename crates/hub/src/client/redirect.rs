@@ -76,17 +76,15 @@ pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// The address rules every redirect target is vetted by: those of [`HubClient::check_redirect`]. Kept apart
-/// from the client so the `reqwest` client handed to `hf-hub` for downloads applies them too, as its redirect
-/// policy ([`RedirectRules::policy`]).
+/// The address rules every redirect target is vetted by: those of [`HubClient::check_redirect`].
 #[derive(Clone, Debug)]
-pub(crate) struct RedirectRules {
+pub(super) struct RedirectRules {
     endpoint: Url,
     allow_non_loopback: bool,
 }
 
 impl RedirectRules {
-    pub(super) fn new(endpoint: &Url, allow_non_loopback: bool) -> RedirectRules {
+    fn new(endpoint: &Url, allow_non_loopback: bool) -> RedirectRules {
         RedirectRules { endpoint: endpoint.clone(), allow_non_loopback }
     }
 
@@ -111,33 +109,11 @@ impl RedirectRules {
         }
         Ok(())
     }
-
-    /// The same rules as a `reqwest` redirect policy: only answers from the endpoint's origin are followed,
-    /// each target is vetted, and no chain is longer than [`MAX_REDIRECTS`]. (`reqwest` itself drops the
-    /// `Authorization` header when a redirect changes host, port or scheme.) A policy cannot see the
-    /// answer's headers, so `X-Repo-Commit` is not checked here: what such a client downloads is checked
-    /// against the pinned commit's digest instead (see [`crate::cache`]).
-    pub(crate) fn policy(self) -> reqwest::redirect::Policy {
-        reqwest::redirect::Policy::custom(move |attempt| {
-            let previous = attempt.previous();
-            if previous.len() > MAX_REDIRECTS as usize {
-                return attempt.error("too many redirects");
-            }
-            let Some(from) = previous.last().cloned() else { return attempt.stop() };
-            if !same_origin(&from, &self.endpoint) {
-                return attempt.error("redirect from outside the endpoint");
-            }
-            match self.vet(&from, attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(reason) => attempt.error(reason),
-            }
-        })
-    }
 }
 
 impl HubClient {
     /// The address rules of this client's redirects.
-    pub(crate) fn redirect_rules(&self) -> RedirectRules {
+    fn redirect_rules(&self) -> RedirectRules {
         RedirectRules::new(&self.inner.endpoint, self.inner.config.allow_non_loopback_redirects)
     }
 
