@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use hub::{Commit, HubClient, HubConfig, ListQuery, RemoteFile, RemoteOptions, RepoId, Revision, Stats};
+use hub::{Commit, HubClient, ListQuery, RemoteFile, RemoteOptions, RepoId, Revision, Stats};
 use indicatif::{ProgressBar, ProgressStyle};
 use signature::{ModelSignature, Scheme};
 use store::{FileRecord, ModelRecord, ModelStatus, RetryPolicy, RunKind, Store};
@@ -28,22 +28,15 @@ pub(crate) const PAGE_SIZE: u32 = 1000;
 /// # Errors
 /// When the token cannot be read or the endpoint is not a usable URL.
 pub fn hub_client(settings: &HubSettings) -> anyhow::Result<HubClient> {
-    let token = match &settings.token_file {
-        Some(path) => {
-            let path = path.to_string_lossy().into_owned();
-            hub::Token::from_lookup(|name| (name == "HF_TOKEN_PATH").then(|| path.clone()))
-        }
-        None => hub::Token::from_env(),
-    }
-    .context("cannot read the Hugging Face token")?;
-    tracing::info!(token = token.is_some(), "hub credentials");
-    let mut config = HubConfig::new(settings.endpoint.clone());
-    config.token = token;
-    config.tier = settings.tier;
-    config.concurrency = settings.requests_in_flight.max(1);
-    // Signed CDN URLs live on other hosts in production.
-    config.allow_non_loopback_redirects = true;
-    HubClient::new(config).context("cannot set up the Hub client")
+    let client = hub::HubSettings {
+        endpoint: settings.endpoint.clone(),
+        token_file: settings.token_file.clone(),
+        tier: settings.tier,
+        requests_in_flight: settings.requests_in_flight.max(1),
+        // Signed CDN URLs live on other hosts in production.
+        allow_non_loopback_redirects: true,
+    };
+    HubClient::from_settings(&client).context("cannot set up the Hub client")
 }
 
 /// What to crawl beyond the configuration: the listing's query and how to read.
