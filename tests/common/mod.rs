@@ -20,7 +20,7 @@ pub fn modeltree(db: &Path) -> Command {
     cmd
 }
 
-/// The binary for Hub work with a clean environment: no token, no developer settings (`MODELTREE_…`), a private
+/// The binary for Hub work with a clean environment: no token or endpoint, no developer settings (`MODELTREE_…`), a private
 /// Hugging Face home and cache under `home`, and only warnings logged.
 pub fn modeltree_isolated(db: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeltree"));
@@ -28,6 +28,7 @@ pub fn modeltree_isolated(db: &Path, home: &Path) -> Command {
         .arg(db)
         .env("MODELTREE_LOG", "warn")
         .env_remove("HF_TOKEN")
+        .env_remove("HF_ENDPOINT")
         .env("HF_HOME", home)
         .env("HF_HUB_CACHE", home.join("hub"));
     for (name, _) in std::env::vars() {

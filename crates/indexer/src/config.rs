@@ -361,6 +361,10 @@ impl Default for Config {
     }
 }
 
+/// The Hugging Face clients' variable for the Hub's base URL, read as a fallback for `hub.endpoint` (below
+/// `MODELTREE_ENDPOINT`).
+pub const HF_ENDPOINT: &str = "HF_ENDPOINT";
+
 impl Config {
     /// Built-in defaults overlaid with a settings file's text; `path` only names the file in errors.
     ///
@@ -378,6 +382,11 @@ impl Config {
     /// # Errors
     /// When a variable's value is invalid for its setting (the message names the variable).
     pub fn overlay_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        // `HF_ENDPOINT` is how every Hugging Face client is pointed at a mirror; our own variable wins over it.
+        if let Some(endpoint) = var(HF_ENDPOINT).filter(|v| !v.trim().is_empty()) {
+            self.set("hub", "endpoint", &toml::Value::String(endpoint.trim().to_owned()))
+                .with_context(|| format!("${HF_ENDPOINT}"))?;
+        }
         for s in SETTINGS {
             let Some(text) = var(s.env).filter(|v| !v.trim().is_empty()) else { continue };
             self.set_text(s, &text).with_context(|| format!("${}", s.env))?;
@@ -778,6 +787,27 @@ mod tests {
             .overlay_env(|k| (k == "MODELTREE_CONCURRENCY").then(|| "many".to_owned()))
             .expect_err("bad env");
         assert!(format!("{err:#}").contains("MODELTREE_CONCURRENCY"), "{err:#}");
+    }
+
+    #[test]
+    fn hf_endpoint_points_every_command_at_a_mirror_below_our_own_variable() {
+        let file = "[hub]\nendpoint = \"http://file.example\"\n";
+        let with = |vars: &[(&str, &str)]| {
+            let env: HashMap<&str, &str> = vars.iter().copied().collect();
+            let mut c = Config::default();
+            c.overlay(file).expect("file");
+            c.overlay_env(|k| env.get(k).map(|v| (*v).to_owned())).expect("env");
+            c.hub.endpoint
+        };
+        assert_eq!(with(&[]), "http://file.example");
+        assert_eq!(with(&[("HF_ENDPOINT", "http://127.0.0.1:9/")]), "http://127.0.0.1:9");
+        assert_eq!(
+            with(&[("HF_ENDPOINT", "http://127.0.0.1:9"), ("MODELTREE_ENDPOINT", "http://127.0.0.2:9")]),
+            "http://127.0.0.2:9"
+        );
+        assert_eq!(with(&[("HF_ENDPOINT", "  ")]), "http://file.example");
+        let err = Config::default().overlay_env(|k| (k == "HF_ENDPOINT").then(|| "ftp://x".to_owned()));
+        assert!(format!("{:#}", err.expect_err("bad scheme")).contains("HF_ENDPOINT"));
     }
 
     #[test]
