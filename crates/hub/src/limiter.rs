@@ -9,13 +9,27 @@
 //! before `t + 1` seconds, after `Retry-After` none before the date it names, and while the server reports `r`
 //! remaining, at most `r` more go out before its reset.
 //!
+//! When a block ends, one request goes out first as a probe and the others wait for its answer
+//! ([`RateLimiter::answered`], at most [`PROBE_WAIT`]): released together, they would all reach the server
+//! before the first one's answer could announce a new reset. Every announced reset is capped at
+//! [`MAX_ANNOUNCED_RESET`], so a hostile `t=` can neither overflow the clock nor stall a crawl for days.
+//!
 //! Time is `tokio::time`, so the limiter runs on paused time in tests.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// How long the other requests of a bucket wait for the answer to the probe sent when a block ended; a probe
+/// whose answer takes longer does not hold the bucket closed.
+pub const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest reset a `RateLimit` header may announce: the Hub's windows are 5 minutes, so anything beyond
+/// 15 minutes is a broken or hostile server (and `t=18446744073709551615` would overflow the clock).
+pub const MAX_ANNOUNCED_RESET: Duration = Duration::from_secs(900);
 
 /// A rate-limited class of Hub requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,6 +64,8 @@ struct State {
     blocked_until: Option<Instant>,
     /// What the server last said: requests remaining until its window resets.
     server: Option<(u32, Instant)>,
+    /// A probe went out when the last block ended; the others wait for its answer until this instant.
+    probe_until: Option<Instant>,
 }
 
 /// Budgets per bucket over a sliding window, plus what the server announced.
@@ -57,6 +73,8 @@ struct State {
 pub struct RateLimiter {
     window: Duration,
     buckets: [Mutex<State>; 2],
+    /// Woken when a bucket's probe is answered.
+    answered: [Notify; 2],
 }
 
 /// One parsed item of a `RateLimit` header.
@@ -76,9 +94,10 @@ impl RateLimiter {
                 sent: VecDeque::new(),
                 blocked_until: None,
                 server: None,
+                probe_until: None,
             })
         };
-        RateLimiter { window, buckets: [state(api), state(resolvers)] }
+        RateLimiter { window, buckets: [state(api), state(resolvers)], answered: [Notify::new(), Notify::new()] }
     }
 
     fn state(&self, bucket: Bucket) -> std::sync::MutexGuard<'_, State> {
@@ -101,11 +120,15 @@ impl RateLimiter {
                 }
                 if let Some(until) = s.blocked_until.filter(|&u| u > now) {
                     Some(until)
+                } else if let Some(until) = s.probe_until.filter(|&u| u > now) {
+                    Some(until)
                 } else if let Some((0, reset)) = s.server {
                     Some(reset)
                 } else if s.sent.len() >= s.budget {
                     s.sent.front().map(|&t| t + self.window)
                 } else {
+                    // The first request after a block is the probe; the others wait for its answer.
+                    s.probe_until = s.blocked_until.take().map(|_| now + PROBE_WAIT);
                     s.sent.push_back(now);
                     if let Some((remaining, _)) = &mut s.server {
                         *remaining = remaining.saturating_sub(1);
@@ -115,7 +138,12 @@ impl RateLimiter {
             };
             match wait_until {
                 None => return started.elapsed(),
-                Some(until) => tokio::time::sleep_until(until).await,
+                Some(until) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = self.answered[bucket.index()].notified() => {}
+                    }
+                }
             }
         }
     }
@@ -126,12 +154,31 @@ impl RateLimiter {
         s.blocked_until = Some(s.blocked_until.map_or(until, |b| b.max(until)));
     }
 
+    /// A response (or a transport error) came back on `bucket`, after whatever it announced was taken in
+    /// ([`RateLimiter::observe`], [`RateLimiter::block`]): the requests waiting for a probe's answer may go.
+    pub fn answered(&self, bucket: Bucket) {
+        let mut s = self.state(bucket);
+        if s.probe_until.take().is_some() {
+            drop(s);
+            self.answered[bucket.index()].notify_waiters();
+        }
+    }
+
     /// Takes in what a response's `RateLimit` header announced: `r=0` blocks the bucket for `t + 1` s,
-    /// otherwise at most `r` more requests go out before the reset.
+    /// otherwise at most `r` more requests go out before the reset. Resets are capped at
+    /// [`MAX_ANNOUNCED_RESET`].
     pub fn observe(&self, announced: &[Announced]) {
         let now = Instant::now();
         for a in announced {
-            let reset = now + a.reset;
+            if a.reset > MAX_ANNOUNCED_RESET {
+                tracing::warn!(
+                    bucket = ?a.bucket,
+                    announced = a.reset.as_secs(),
+                    cap = MAX_ANNOUNCED_RESET.as_secs(),
+                    "the server announced a rate-limit reset beyond the cap; waiting at most the cap"
+                );
+            }
+            let reset = now + a.reset.min(MAX_ANNOUNCED_RESET);
             if a.remaining == 0 {
                 self.block(a.bucket, reset + Duration::from_secs(1));
             }
@@ -246,5 +293,54 @@ mod tests {
         let start = Instant::now();
         limiter.acquire(Bucket::Api).await;
         assert_eq!(start.elapsed(), Duration::from_secs(42));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn issue_11_an_absurd_announced_reset_is_capped_not_an_overflow() {
+        let limiter = RateLimiter::new(Duration::from_secs(300), 100, 100);
+        // `t=18446744073709551615` used to overflow `Instant + Duration` and panic the crawler.
+        let announced = parse_ratelimit(r#""api";r=0;t=18446744073709551615, "resolvers";r=5;t=18446744073709551615"#);
+        assert_eq!(announced.len(), 2);
+        limiter.observe(&announced);
+        let start = Instant::now();
+        limiter.acquire(Bucket::Api).await;
+        assert_eq!(start.elapsed(), MAX_ANNOUNCED_RESET + Duration::from_secs(1));
+        limiter.answered(Bucket::Api);
+        // `r=5` on the other bucket: five go at once, the sixth waits for the capped reset, not for ever.
+        let start = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire(Bucket::Resolvers).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        limiter.acquire(Bucket::Resolvers).await;
+        assert!(start.elapsed() <= MAX_ANNOUNCED_RESET, "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_block_one_probe_goes_first_and_the_rest_wait_for_its_answer() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(Duration::from_secs(300), 100, 100));
+        limiter.block(Bucket::Api, Instant::now() + Duration::from_secs(10));
+        let start = Instant::now();
+        limiter.acquire(Bucket::Api).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "the probe goes when the block ends");
+        // A second request waits for the probe's answer...
+        let second = tokio::spawn({
+            let limiter = limiter.clone();
+            async move {
+                limiter.acquire(Bucket::Api).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!second.is_finished(), "nothing goes out before the probe is answered");
+        // ...which announces a new block: the second request goes only when that one ends.
+        limiter.observe(&parse_ratelimit(r#""api";r=0;t=20"#));
+        limiter.answered(Bucket::Api);
+        let sent = second.await.expect("task");
+        assert_eq!(sent - start, Duration::from_millis(10_500) + Duration::from_secs(21));
+        // A probe that is never answered holds the bucket for PROBE_WAIT at most.
+        let (a, b) = (Instant::now(), limiter.acquire(Bucket::Api).await);
+        assert_eq!(b, PROBE_WAIT);
+        assert!(Instant::now() - a == PROBE_WAIT);
     }
 }

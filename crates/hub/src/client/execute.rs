@@ -121,8 +121,16 @@ impl HubClient {
             // A status worth another attempt, and the wait the server asked for.
             let mut retry_status: Option<u16> = None;
             let mut asked: Option<Duration> = None;
+            let answered = || {
+                if let Some(bucket) = call.kind.bucket() {
+                    self.inner.limiter.answered(bucket);
+                }
+            };
             let outcome = match self.build(call).send().await {
-                Err(e) => Err(HubError::Transport { url: url.clone(), source: e.without_url() }),
+                Err(e) => {
+                    answered();
+                    Err(HubError::Transport { url: url.clone(), source: e.without_url() })
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let announced = header_str(resp.headers(), "ratelimit").map(parse_ratelimit).unwrap_or_default();
@@ -146,7 +154,14 @@ impl HubClient {
                         if asked.is_none() && announced.iter().any(|a| a.remaining == 0) {
                             asked = Some(Duration::ZERO);
                         }
+                        // Close the bucket before the requests waiting for this answer are let go.
+                        if let (Some(wait), Some(bucket)) = (asked, call.kind.bucket())
+                            && wait <= config.max_wait
+                        {
+                            self.inner.limiter.block(bucket, tokio::time::Instant::now() + wait);
+                        }
                     }
+                    answered();
                     match status {
                         408 | 429 | 500..=599 => {
                             retry_status = Some(status);
