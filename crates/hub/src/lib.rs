@@ -1,4 +1,4 @@
-//! modeltree's Hugging Face Hub client: the only crate of the project that speaks HTTP.
+//! modeltree's Hugging Face Hub client: the project's only HTTP client (`hubsim` serves HTTP; it is test support).
 //!
 //! - [`HubClient`] (in `client`) owns one `reqwest` client, a per-bucket [`RateLimiter`] (the Hub's `api`
 //!   and `resolvers` budgets over a window, plus what `RateLimit` and `Retry-After` announce), a global

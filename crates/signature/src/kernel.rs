@@ -2,7 +2,7 @@
 //!
 //! Each loop runs through [`pulp::Arch::dispatch`], which detects AVX2/FMA at run time and calls the loop inside
 //! a function compiled for them, so a portable binary still gets 256-bit vectors (the `unsafe` of that
-//! dispatch lives in `pulp`; this crate has no `unsafe`). Without AVX2 the power
+//! dispatch lives in `pulp`; this crate's only `unsafe` is the file mapping in `crate::mmap`). Without AVX2 the power
 //! sums fall back to `wide`'s `f32x8`, which the baseline x86-64 target runs as two SSE registers.
 //!
 //! **Invariant:** every path adds the same values in the same order. The power sums keep exactly eight lanes

@@ -24,15 +24,17 @@
 //!   from a streaming [`ByteSource`]; both run each tensor through the same code.
 //!
 //! [`reader`] is the local caller: [`sign_model_dir`] and [`sign_files`] read through [`file`] (positioned
-//! reads, so a file truncated while being signed is an error, not a SIGBUS) and run the plan in parallel. The `hub` crate is the remote caller: it reads the same things as
-//! HTTP ranges and streams them into [`SignPlan::run`].
+//! reads, so a file truncated while being signed is an error, not a SIGBUS) and run the plan in parallel;
+//! [`sign_immutable_dir`] does the same for files that never change underneath (a Hugging Face cache snapshot)
+//! through memory maps ([`mmap`]). The `hub` crate is the remote caller: it reads the same things as HTTP
+//! ranges and streams them into [`SignPlan::run`].
 //!
 //! **Adding a file format** (GGUF, PyTorch `.bin`) means adding a header parser that yields a [`Header`] and
 //! teaching [`checkpoint`] which file names hold it and how its header is read; see the [`checkpoint`] docs.
 //! Neither caller changes.
 //!
-//! **Invariant:** no network IO and no SQL here; the only IO is [`reader`]'s, on local files. No `unsafe` code:
-//! files are read, not mapped.
+//! **Invariant:** no network IO and no SQL here; the only IO is [`reader`]'s, on local files. The only `unsafe`
+//! code of the project is the file mapping in [`mmap`], used only for files that cannot change underneath.
 
 pub mod accumulate;
 pub mod adapter;
