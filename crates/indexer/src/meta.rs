@@ -5,8 +5,6 @@
 
 use std::{fs, io::Read, path::Path};
 
-use yaml_rust2::{Yaml, YamlLoader};
-
 /// Cards and JSON configs larger than this are not read: real ones are a few KiB, and the limit keeps a
 /// hostile repo from making us parse megabytes of YAML.
 const MAX_METADATA_BYTES: u64 = 1 << 20;
@@ -115,13 +113,22 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
 /// Parses the YAML front matter of a model card (`---` … `---` at the top of `README.md`).
 fn parse_card(text: &str, self_id: &str) -> Card {
     let Some(front) = front_matter(text) else { return Card::default() };
-    let Ok(docs) = YamlLoader::load_from_str(front) else { return Card::default() };
-    let Some(doc) = docs.into_iter().next() else { return Card::default() };
+    // Parsed under a budget: an alias bomb or absurd nesting costs this card its metadata, never the process.
+    let doc = match yamlcap::load(front, yamlcap::Budget::default()) {
+        Ok(Some(doc)) => doc,
+        Ok(None) => return Card::default(),
+        Err(e) => {
+            tracing::warn!(repo = %self_id, error = %e, "model card front matter refused");
+            return Card::default();
+        }
+    };
     let license = doc["license"].as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
     let mut base_models = Vec::new();
     match &doc["base_model"] {
-        Yaml::String(s) => base_models.push(s.clone()),
-        Yaml::Array(items) => base_models.extend(items.iter().filter_map(|y| y.as_str().map(str::to_owned))),
+        serde_json::Value::String(s) => base_models.push(s.clone()),
+        serde_json::Value::Array(items) => {
+            base_models.extend(items.iter().filter_map(|y| y.as_str().map(str::to_owned)));
+        }
         _ => {}
     }
     let mut clean: Vec<String> = Vec::new();
@@ -232,6 +239,24 @@ mod tests {
             card(None, &["a/b"], None),
         );
         check_card("---\r\nbase_model: https://huggingface.co/a/b\r\n---\r\n", card(None, &["a/b"], None));
+    }
+
+    #[test]
+    fn issue_11_a_405_byte_alias_bomb_costs_the_card_not_the_process() {
+        // Ten anchors, each a list of nine aliases of the previous one: 9^10 nodes if expanded. It used to take
+        // scan, crawl and the daemon down with it; now it is refused within the budget and the card is empty.
+        let mut bomb = String::from("---\nlicense: mit\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        bomb.push_str("base_model: a/b\n---\n");
+        let started = std::time::Instant::now();
+        check_card(&bomb, Card::default());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        // Deep nesting and a benign alias: the first refused, the second read.
+        check_card(&format!("---\nlicense: {}\n---\n", "[".repeat(100_000)), Card::default());
+        check_card("---\nx: &l apache-2.0\nlicense: *l\n---\n", card(Some("apache-2.0"), &[], None));
     }
 
     #[test]
