@@ -43,9 +43,14 @@ fi
 cd "$here"
 profile=${PROFILE:-release}
 flag=$([ "$profile" = release ] && echo --release || true)
-cargo build --quiet $flag --locked --bin modeltree
-target_dir=$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-bin=$target_dir/$([ "$profile" = release ] && echo release || echo debug)/modeltree
+# MODELTREE_BIN names a binary already built (see zoo-eval.sh).
+if [ -n "${MODELTREE_BIN:-}" ]; then
+    bin=$MODELTREE_BIN
+else
+    cargo build --quiet $flag --locked --bin modeltree
+    target_dir=$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    bin=$target_dir/$([ "$profile" = release ] && echo release || echo debug)/modeltree
+fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

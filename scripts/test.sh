@@ -25,7 +25,7 @@ scripts/hf-fidelity.sh tests/zoo-small
 step "end to end: scan the bundled small zoo and score it"
 # The debug binary that `cargo test` already built (dependencies and the math crates are optimised in the dev
 # profile, see Cargo.toml): a release build here would compile every dependency a third time.
-PROFILE=dev MIN_EDGE_ACC=1.0 MIN_TYPED_F1=1.0 scripts/zoo-eval.sh tests/zoo-small
+MODELTREE_BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/modeltree MIN_EDGE_ACC=1.0 MIN_TYPED_F1=1.0 scripts/zoo-eval.sh tests/zoo-small
 
 step "exports: GraphML through networkx, DOT through Graphviz, the HTML report in headless Chromium"
-PROFILE=dev scripts/export-check.sh tests/zoo-small
+MODELTREE_BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/modeltree scripts/export-check.sh tests/zoo-small

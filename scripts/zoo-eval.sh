@@ -8,9 +8,15 @@ zoo=${1:-tests/zoo-small}
 shift || true
 profile=${PROFILE:-release}
 flag=$([ "$profile" = release ] && echo --release || true)
-cargo build $flag --locked --bin modeltree
-bin=${CARGO_TARGET_DIR:-target}/$profile/modeltree
-[ "$profile" = dev ] && bin=${CARGO_TARGET_DIR:-target}/debug/modeltree
+# MODELTREE_BIN names a binary already built (the suite passes the one `cargo test --workspace` built: a plain
+# `cargo build --bin` resolves features for the binary alone and would recompile dependencies).
+if [ -n "${MODELTREE_BIN:-}" ]; then
+    bin=$MODELTREE_BIN
+else
+    cargo build $flag --locked --bin modeltree
+    bin=${CARGO_TARGET_DIR:-target}/$profile/modeltree
+    [ "$profile" = dev ] && bin=${CARGO_TARGET_DIR:-target}/debug/modeltree
+fi
 db=$(mktemp -d)/zoo.db
 trap 'rm -rf "$(dirname "$db")"' EXIT
 "$bin" --db "$db" scan "$zoo"
